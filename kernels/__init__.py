@@ -1,0 +1,1 @@
+"""Fast paths for UniMMAD (Triton kernels on CUDA, fused torch ops elsewhere)."""

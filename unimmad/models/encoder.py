@@ -1,0 +1,149 @@
+"""General multi-modal encoder: input embedding, trainable WideResNet trunk, and the
+Feature Compression Module (FCM) with its reverse-distillation style decoder (SPEC §1)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import GroupNormReLU, conv_bn
+
+__all__ = ["InputEmbedding", "BasicBlock", "UpBottleneck", "FeatureCompression"]
+
+
+class InputEmbedding(nn.Module):
+    """Maps the zero-padded ``[B, 3·M_max, H, W]`` modality stack to 3 channels.
+
+    ``x + E_in`` (learnable, N(0, std²)) goes through a 3-conv stem (12→24→48→3, BN+ReLU
+    between) plus a 1×1 shortcut (12→3); the two are summed.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, std: float = 0.02):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(in_channels, image_size, image_size) * std)
+        c = in_channels
+        self.stem = nn.Sequential(
+            conv_bn(c, 2 * c, 3), conv_bn(2 * c, 4 * c, 3), nn.Conv2d(4 * c, 3, 3, 1, 1))
+        self.shortcut = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.embedding
+        return self.stem(x) + self.shortcut(x)
+
+
+class BasicBlock(nn.Module):
+    """Basic residual block: ``mode`` is ``"same"`` (stride 1), ``"down"`` (stride 2) or
+    ``"up"`` (2×2 stride-2 transposed conv as the first conv and in the shortcut)."""
+
+    def __init__(self, cin: int, cout: int, mode: str = "same"):
+        super().__init__()
+        if mode == "up":
+            self.conv1 = nn.ConvTranspose2d(cin, cout, 2, 2, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(cin, cout, 3, 2 if mode == "down" else 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        if mode == "up":
+            self.shortcut = conv_bn(cin, cout, 2, 2, relu=False, transposed=True)
+        elif mode == "down" or cin != cout:
+            self.shortcut = conv_bn(cin, cout, 1, 2 if mode == "down" else 1, relu=False)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class UpBottleneck(nn.Module):
+    """A WideResNet bottleneck run in reverse (reverse distillation's decoder block): with
+    ``upsample`` its middle conv and its shortcut are 2×2 stride-2 transposed convs."""
+
+    def __init__(self, cin: int, cout: int, width: int, upsample: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        if upsample:
+            self.conv2 = nn.ConvTranspose2d(width, width, 2, 2, bias=False)
+        else:
+            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        if upsample:
+            self.shortcut = conv_bn(cin, cout, 2, 2, relu=False, transposed=True)
+        elif cin != cout:
+            self.shortcut = conv_bn(cin, cout, 1, relu=False)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class _InnerBottleneck(nn.Module):
+    """One K of the inner multi-scale bottleneck: per level depthwise K×K → 1×1 → GN(2);
+    concat → 2×2 stride-2 conv → GN."""
+
+    def __init__(self, width: int, k: int, n_levels: int, n_kernel_sizes: int):
+        super().__init__()
+        branch = width // n_kernel_sizes
+        self.levels = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(width, width, k, 1, k // 2, groups=width, bias=False),
+                nn.Conv2d(width, branch, 1, bias=False),
+                GroupNormReLU(branch, groups=2 if branch % 2 == 0 else 1))
+            for _ in range(n_levels))
+        self.reduce = nn.Sequential(
+            nn.Conv2d(branch * n_levels, width, 2, 2, bias=False), GroupNormReLU(width))
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.reduce(torch.cat([m(f) for m, f in zip(self.levels, feats)], 1))
+
+
+class FeatureCompression(nn.Module):
+    """FCM: 3 levels → common width at 1/8 → inner multi-scale bottleneck (1/16) → outer
+    bottleneck (1/32, ``2·C3`` channels) → decoder back to the 3 levels.
+
+    Returns the general features ``f_l`` ``[B, C_l, H_l, W_l]``, L2-normalised over channels.
+    """
+
+    def __init__(self, level_channels: Sequence[int], width: int = 512,
+                 kernel_sizes: Sequence[int] = (1, 3, 5),
+                 decoder_blocks: Sequence[int] = (3, 4, 6)):
+        super().__init__()
+        c1, c2, c3 = level_channels
+        self.align = nn.ModuleList([
+            BasicBlock(c1, width, "down"), BasicBlock(c2, width, "same"),
+            BasicBlock(c3, width, "up")])
+        self.inner = nn.ModuleList(
+            _InnerBottleneck(width, k, 3, len(kernel_sizes)) for k in kernel_sizes)
+        top = 2 * c3
+        self.outer = nn.Sequential(
+            nn.Conv2d(width * len(kernel_sizes), width, 1, bias=False), GroupNormReLU(width),
+            nn.Conv2d(width, top, 2, 2, bias=False), GroupNormReLU(top))
+        stages = []
+        cin = top
+        for cout, blocks in zip((c3, c2, c1), decoder_blocks):
+            blk = [UpBottleneck(cin, cout, cout // 2, upsample=True)]
+            blk += [UpBottleneck(cout, cout, cout // 2, upsample=False) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*blk))
+            cin = cout
+        self.decoder = nn.ModuleList(stages)
+        self.heads = nn.ModuleList(nn.Conv2d(c, c, 1, bias=False) for c in (c3, c2, c1))
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        aligned = [m(f) for m, f in zip(self.align, feats)]
+        z = self.outer(torch.cat([m(aligned) for m in self.inner], 1))
+        outs = []
+        for stage, head in zip(self.decoder, self.heads):
+            z = stage(z)
+            outs.append(F.normalize(head(z), dim=1))
+        return outs[::-1]  # [f1 (1/4), f2 (1/8), f3 (1/16)]
