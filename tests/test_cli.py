@@ -1,0 +1,55 @@
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from unimmad.cli import build_parser, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
+    main(["bench", "--preset", "tiny", "--batch", "2", "--modalities", "3", "--warmup", "0",
+          "--iters", "2", "--out", str(tmp_path), "--no-isolate", "--quiet"])
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    row = rec["results"][0]
+    assert row["provider"] == "reference" and row["units"] == 6
+    assert row["samples_per_s"] > 0 and len(row["times_s"]) == 2
+    assert row["params"] > 0 and row["peak_memory_mb"] > 0
+    assert rec["meta"]["torch"] and rec["config"]["image_size"] == 64
+    assert "samples/s" in (tmp_path / "bench.md").read_text()
+    assert "| model | reference |" in capsys.readouterr().out
+
+
+def test_python_m_unimmad_bench_isolated(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "unimmad", "bench", "--preset", "tiny", "--warmup", "0",
+         "--iters", "1", "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    assert rec["results"][0]["peak_memory_kind"] == "process_peak_rss"
+
+
+@pytest.mark.parametrize("argv", [["bench", "--modalities", "5"], ["bench", "--batch", "0"],
+                                  ["bench", "--image-size", "100"]])
+def test_bench_rejects_bad_options(argv, tmp_path):
+    with pytest.raises(SystemExit):
+        main(argv + ["--out", str(tmp_path), "--no-isolate", "--quiet"])
+
+
+def test_help_lists_bench():
+    assert "bench" in build_parser().format_help()
+
+
+def test_readme_quickstart_is_what_ci_runs():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [l for l in block.splitlines() if l and not l.startswith("#")]
+    assert len(commands) == 2
+    assert "unimmad bench" in commands[0] and "pytest" in commands[1]
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "# 2. install, then run the tests" in readme and "README.md" in ci

@@ -1,0 +1,62 @@
+"""Machine, versions and commit recorded with every benchmark result."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from typing import Dict, Optional
+
+import torch
+
+__all__ = ["environment", "git_commit"]
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the checkout this package was imported from (``None`` outside git)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: Optional[torch.device] = None) -> Dict[str, object]:
+    """Where and with what a result was measured."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:  # triton is optional off Linux
+        triton_version = None
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        device_name = torch.cuda.get_device_name(dev)
+    else:
+        device_name = _cpu_name()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "device": str(dev),
+        "device_name": device_name,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
