@@ -12,9 +12,18 @@ from .scoring import anomaly_map, cosine_anomaly, gaussian_blur, image_score
 
 __version__ = "0.1.0"
 
+
+def accelerate(model, backend: str = "auto"):
+    """Swap every C-MoE of ``model`` for :class:`kernels.FastCMoE` in place (fused
+    collapse + fold kernels; Triton on CUDA, the torch fast path elsewhere); returns
+    ``model``.  See :func:`kernels.accelerate`."""
+    from kernels import accelerate as _accelerate
+    return _accelerate(model, backend)
+
+
 __all__ = [
     "UniMMADConfig", "UniMMAD", "UniMMADOutput", "CMoE", "CMoEAux", "WideResNet",
     "wide_resnet50_2", "load_backbone_weights", "pack_units", "anomaly_map", "image_score",
     "cosine_anomaly", "gaussian_blur", "decompression_loss", "moe_anneal_factor",
-    "__version__",
+    "accelerate", "__version__",
 ]

@@ -57,9 +57,10 @@ class CMoEAux:
 def balance_loss(logits: torch.Tensor, probs: torch.Tensor, z_weight: float) -> torch.Tensor:
     """Load-balance loss of one router: squared coefficient of variation of the mean
     routing probability per leader (population variance), plus the router z-loss."""
-    importance = probs.float().mean(0)
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    importance = probs.to(acc).mean(0)
     cv2 = importance.var(correction=0) / (importance.mean() ** 2 + 1e-10)
-    z = torch.logsumexp(logits.float(), dim=1).pow(2).mean()
+    z = torch.logsumexp(logits.to(acc), dim=1).pow(2).mean()
     return cv2 + z_weight * z
 
 
@@ -116,7 +117,8 @@ class CMoEBranch(nn.Module):
     def route(self, g: torch.Tensor, z_weight: float):
         """Router on the condition vector ``g [U, E]`` → (indices, scores, probs, loss)."""
         logits = self.router(g)
-        probs = torch.softmax(logits.float() / self.temperature, dim=1)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 or better
+        probs = torch.softmax(logits.to(acc) / self.temperature, dim=1)
         top, indices = probs.topk(self.top_k, dim=1)
         scores = top / top.sum(1, keepdim=True)
         return indices, scores, probs, balance_loss(logits, probs, z_weight)
@@ -203,7 +205,8 @@ class CMoE(nn.Module):
             raise TypeError("CMoE: unit_to_sample must be on the device of prior")
         if prior.shape[0] == 0:
             raise ValueError("CMoE: at least one unit is needed")
-        if unit_to_sample.device.type == "cpu":  # on CUDA this check would synchronise
+        # On CUDA (and while compiling) this data-dependent check would synchronise.
+        if unit_to_sample.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(unit_to_sample.min()), int(unit_to_sample.max())
             if lo < 0 or hi >= general.shape[0]:
                 raise ValueError(

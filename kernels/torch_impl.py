@@ -1,0 +1,92 @@
+"""The C-MoE algebra of SPEC §2 in stock PyTorch ops (the "torch" backend).
+
+Layouts:
+
+* kernel banks are ``[..., Co, R]`` with ``R = Ci·k·k``; this backend orders R as
+  ``(ci, kh, kw)`` (OIHW, what oneDNN/cuDNN convolutions run fastest on), the Triton
+  backend as ``(kh, kw, ci)`` (OHWI) — see :func:`kernels.ops.to_bank`;
+* activations are logical NCHW tensors in any memory format.
+
+Every function here is differentiable by autograd; ``kernels.ops`` wraps them as
+``torch.library`` custom ops with explicit backward formulas.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["compose", "mix", "dyn_conv", "dyn_conv_backward"]
+
+
+def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
+            scores: torch.Tensor) -> torch.Tensor:
+    """Mixed routed kernel of every unit (collapse + MoE-in-MoE).
+
+    ``M[u, o, r] = Σ_n α[u, n, o] · base[n, o, r]`` with
+    ``α[u] = Σ_j scores[u, j] · softmax_n(leaders[idx[u, j]])``.
+    base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    """
+    acc = torch.promote_types(base.dtype, torch.float32)
+    p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
+    alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
+    return torch.einsum("uno,nor->uor", alpha, base.to(acc)).to(base.dtype).contiguous()
+
+
+def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
+        scores: torch.Tensor) -> torch.Tensor:
+    """Folded per-unit kernel ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``.
+
+    g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    """
+    out = g0.unsqueeze(0).repeat(idx.shape[0], 1, 1)
+    for j in range(idx.shape[1]):
+        out.addcmul_(bank.index_select(0, idx[:, j]), scores[:, j, None, None].to(bank.dtype))
+    return out
+
+
+def _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights):
+    J = job_sample.shape[0]
+    xg = x if same_samples else x[job_sample]
+    wg = weight if same_weights else weight[job_weight]
+    _, ci, H, W = xg.shape
+    return xg.reshape(1, J * ci, H, W), wg.reshape(-1, ci, k, k), J
+
+
+def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
+             job_weight: torch.Tensor, k: int, same_samples: bool = False,
+             same_weights: bool = False) -> torch.Tensor:
+    """Per-job convolution: ``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])``.
+
+    x ``[B, Ci, H, W]``, weight ``[NW, Co, k·k·Ci]`` (OHWI) → ``[J, Co, H, W]``; stride 1,
+    zero padding ``k // 2``.  One grouped convolution over all jobs (``groups = J``), or one
+    batched matmul for ``k = 1``; the ``same_*`` hints say the index is ``arange`` so no
+    gather copy is made.
+    """
+    if k == 1:
+        xg = x if same_samples else x[job_sample]
+        wg = weight if same_weights else weight[job_weight]
+        J, ci, H, W = xg.shape
+        return torch.matmul(wg, xg.reshape(J, ci, H * W)).view(J, -1, H, W)
+    xg, wg, J = _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights)
+    y = F.conv2d(xg, wg, padding=k // 2, groups=J)
+    return y.view(J, -1, *y.shape[2:])
+
+
+def dyn_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                      job_sample: torch.Tensor, job_weight: torch.Tensor, k: int,
+                      need_x: bool, need_w: bool, same_samples: bool = False,
+                      same_weights: bool = False):
+    """Gradients of :func:`dyn_conv` for ``x`` and ``weight`` (``None`` where not needed)."""
+    xg, wg, J = _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights)
+    g = grad.reshape(1, -1, *grad.shape[2:])
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        g, xg, wg, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], J,
+        [need_x, need_w, False])
+    dx = dw = None
+    if need_x:
+        gx = gx.view(J, -1, *gx.shape[2:])
+        dx = gx if same_samples else torch.zeros_like(x).index_add_(0, job_sample, gx)
+    if need_w:
+        gw = gw.reshape(J, *weight.shape[1:])
+        dw = gw if same_weights else torch.zeros_like(weight).index_add_(0, job_weight, gw)
+    return dx, dw

@@ -1,0 +1,360 @@
+"""Triton kernels of the fused C-MoE (SPEC §2), with their launchers.
+
+Index contract
+==============
+
+=================  ===================  ===================================================
+array              shape / dtype        meaning
+=================  ===================  ===================================================
+``x``              [B, Ci, H, W] any    per-*sample* input (the branch values); any strides,
+                   float, any strides   channels-last (NHWC memory) is the fast layout
+``weight``         [NW, Co, R] float    kernel bank, ``R = k·k·Ci`` ordered (kh, kw, ci):
+                                        an OIHW kernel stored OHWI
+``job_sample``     [J] int              input sample of job ``j`` (jobs of one sample are
+                                        adjacent: their programs reuse x from L2)
+``job_weight``     [J] int              bank entry of job ``j``
+``y``              [J, Co, H, W]        output of job ``j``, channels-last memory
+``base``           [N, Co, R]           base experts of one branch (OHWI)
+``leaders``        [L, N, Co]           MoE-leader logits S
+``idx``            [U, K] int           chosen leaders of unit ``u`` (top-K, distinct)
+``scores``         [U, K] float         their renormalised router scores
+``g0``/``bank``    [Co, R] / [L, Co, R] folded fixed kernel and per-leader folded kernels
+=================  ===================  ===================================================
+
+Kernels:
+
+* ``_dyn_conv_kernel`` — implicit-GEMM convolution, stride 1, zero padding ``k // 2``;
+  M = pixels of one job, N = Co, K = k·k·Ci; grid ``(N tiles, M tiles, J)``.  The C-MoE
+  calls it with one job per unit (folded kernels) or one job per sample for the fixed
+  expert plus one per unit for the mixed routed kernel (``kernels.dynamic_filter``);
+  x is never replicated.  Also computes the input gradient (flipped, transposed bank).
+* ``_wgrad_kernel`` — weight gradient of one job per tap: ``dW[j, :, tap, :] =
+  dyᵀ · shift(x)``, reduction over pixels; grid ``(Ci tiles, Co tiles, J·k·k)``.
+* ``_compose_kernel`` — MoE-in-MoE composition fused with the collapse: for unit ``u``,
+  ``α = Σ_j scores[u, j] softmax_n(S[idx[u, j]])`` and ``M[u] = Σ_n α[n, o] base[n, o]``;
+  grid ``(U, R tiles, Co tiles)`` with units fastest so a base tile is shared in L2.
+* ``_mix_kernel`` — folded kernels ``W[u] = g0 + Σ_j scores[u, j] bank[idx[u, j]]``.
+
+All arithmetic accumulates in fp32.  Addresses are integer offsets from one base pointer
+per tensor (no pointer arrays), so every kernel runs under ``TRITON_INTERPRET=1``; there
+``tl.dot`` operands are upcast to fp32 (the interpreter's bf16 dot is wrong).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton is a Linux-only dependency
+    import triton
+    import triton.language as tl
+    HAVE_TRITON = True
+except Exception:  # pragma: no cover - exercised only where triton is missing
+    triton = tl = None
+    HAVE_TRITON = False
+
+__all__ = ["HAVE_TRITON", "INTERPRET", "check_usable", "dyn_conv", "dyn_conv_grad_input",
+           "dyn_conv_grad_weight", "compose", "mix", "flip_bank"]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+AUTOTUNE = os.environ.get("UNIMMAD_AUTOTUNE", "1") != "0" and not INTERPRET
+
+
+def check_usable(*tensors: torch.Tensor) -> None:
+    """Raise a clear error where the Triton backend cannot run these tensors."""
+    if not HAVE_TRITON:
+        raise RuntimeError("backend='triton' needs the triton package (Linux); use "
+                           "backend='torch'")
+    for t in tensors:
+        if t.device.type == "cuda":
+            continue
+        if t.device.type == "cpu" and INTERPRET:
+            continue
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors (got a {t.device.type} tensor); set "
+            "TRITON_INTERPRET=1 before importing kernels to run it on the CPU interpreter, "
+            "or use backend='torch'")
+
+
+def _conv_configs():
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 32 if INTERPRET else 64,
+                               "BLOCK_N": 32 if INTERPRET else 64,
+                               "BLOCK_K": 16 if INTERPRET else 32},
+                              num_warps=4, num_stages=3)]
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    ]
+
+
+def _wgrad_configs():
+    if not AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 32 if INTERPRET else 64,
+                               "BLOCK_N": 32 if INTERPRET else 64,
+                               "BLOCK_K": 16 if INTERPRET else 64},
+                              num_warps=4, num_stages=3)]
+    return [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    ]
+
+
+if HAVE_TRITON:
+
+    @triton.autotune(configs=_conv_configs(), key=["H", "W", "Ci", "Co", "KS"])
+    @triton.jit
+    def _dyn_conv_kernel(x_ptr, w_ptr, y_ptr, job_sample_ptr, job_weight_ptr,
+                         H, W, Ci, Co, R,
+                         sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+                         KS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        job = tl.program_id(2).to(tl.int64)
+        s = tl.load(job_sample_ptr + job).to(tl.int64)
+        wi = tl.load(job_weight_ptr + job).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok = offs_m < H * W
+        n_ok = offs_n < Co
+        oh = offs_m // W
+        ow = offs_m % W
+        x_base = x_ptr + s * sxb
+        w_base = w_ptr + wi * Co * R
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in range(KS * KS):
+            ih = oh + (tap // KS - KS // 2)
+            iw = ow + (tap % KS - KS // 2)
+            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_row = ih * sxh + iw * sxw
+            for c0 in range(0, Ci, BLOCK_K):
+                offs_k = c0 + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < Ci
+                a = tl.load(x_base + a_row[:, None] + offs_k[None, :] * sxc,
+                            mask=ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(w_base + offs_n[None, :] * R + (tap * Ci + offs_k)[:, None],
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                if UPCAST:
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        y = (y_ptr + job * syb + (oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc)
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.autotune(configs=_wgrad_configs(), key=["H", "W", "Ci", "Co", "KS"])
+    @triton.jit
+    def _wgrad_kernel(x_ptr, g_ptr, dw_ptr, job_sample_ptr,
+                      H, W, Ci, Co, R,
+                      sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
+                      KS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_ci = tl.program_id(0)
+        pid_co = tl.program_id(1)
+        jt = tl.program_id(2)
+        job = (jt // (KS * KS)).to(tl.int64)
+        tap = jt % (KS * KS)
+        dh = tap // KS - KS // 2
+        dw_ = tap % KS - KS // 2
+        s = tl.load(job_sample_ptr + job).to(tl.int64)
+        offs_co = pid_co * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_ci = pid_ci * BLOCK_N + tl.arange(0, BLOCK_N)
+        co_ok = offs_co < Co
+        ci_ok = offs_ci < Ci
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for p0 in range(0, H * W, BLOCK_K):
+            offs_p = p0 + tl.arange(0, BLOCK_K)
+            p_ok = offs_p < H * W
+            oh = offs_p // W
+            ow = offs_p % W
+            ih = oh + dh
+            iw = ow + dw_
+            ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(g_ptr + job * sgb + offs_co[:, None] * sgc + (oh * sgh + ow * sgw)[None, :],
+                        mask=co_ok[:, None] & p_ok[None, :], other=0.0)
+            b = tl.load(x_ptr + s * sxb + (ih * sxh + iw * sxw)[:, None] + offs_ci[None, :] * sxc,
+                        mask=ok[:, None] & ci_ok[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        out = dw_ptr + job * Co * R + offs_co[:, None] * R + (tap * Ci + offs_ci)[None, :]
+        tl.store(out, acc, mask=co_ok[:, None] & ci_ok[None, :])
+
+    @triton.jit
+    def _compose_kernel(base_ptr, leaders_ptr, idx_ptr, scores_ptr, out_ptr,
+                        N, Co, R, TOPK,
+                        N_BLOCK: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr):
+        u = tl.program_id(0).to(tl.int64)
+        pid_r = tl.program_id(1)
+        pid_o = tl.program_id(2)
+        offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+        offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        o_ok = offs_o < Co
+        r_ok = offs_r < R
+        nn = tl.arange(0, N_BLOCK)
+        n_ok = nn < N
+        alpha = tl.zeros((N_BLOCK, BLOCK_O), dtype=tl.float32)
+        for j in range(TOPK):
+            leader = tl.load(idx_ptr + u * TOPK + j).to(tl.int64)
+            sj = tl.load(scores_ptr + u * TOPK + j).to(tl.float32)
+            s = tl.load(leaders_ptr + leader * N * Co + nn[:, None] * Co + offs_o[None, :],
+                        mask=n_ok[:, None] & o_ok[None, :], other=0.0).to(tl.float32)
+            s = tl.where(n_ok[:, None], s, float("-inf"))
+            e = tl.exp(s - tl.max(s, axis=0)[None, :])
+            e = tl.where(n_ok[:, None], e, 0.0)
+            alpha += sj * e / tl.sum(e, axis=0)[None, :]
+        acc = tl.zeros((BLOCK_O, BLOCK_R), dtype=tl.float32)
+        tile = offs_o[:, None] * R + offs_r[None, :]
+        mask = o_ok[:, None] & r_ok[None, :]
+        for n in range(N):
+            a_n = tl.sum(tl.where(nn[:, None] == n, alpha, 0.0), axis=0)
+            w = tl.load(base_ptr + n * Co * R + tile, mask=mask, other=0.0).to(tl.float32)
+            acc += a_n[:, None] * w
+        tl.store(out_ptr + u * Co * R + tile, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _mix_kernel(g0_ptr, bank_ptr, idx_ptr, scores_ptr, out_ptr, SIZE, TOPK,
+                    BLOCK: tl.constexpr):
+        u = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < SIZE
+        acc = tl.load(g0_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        for j in range(TOPK):
+            leader = tl.load(idx_ptr + u * TOPK + j).to(tl.int64)
+            sj = tl.load(scores_ptr + u * TOPK + j).to(tl.float32)
+            acc += sj * tl.load(bank_ptr + leader * SIZE + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + u * SIZE + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _precision(dtype: torch.dtype, precision: str) -> str:
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    return precision if dtype == torch.float32 else "tf32"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRET and dtype != torch.float32
+
+
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int32).contiguous()
+
+
+def _check_out(out, shape, dtype, device):
+    if out is None:
+        return None
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
+        raise ValueError(f"out must be {tuple(shape)} {dtype} on {device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    return out
+
+
+def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
+             job_weight: torch.Tensor, k: int, precision: str = "ieee",
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])`` → ``[J, Co, H, W]``
+    (channels-last memory unless ``out`` is given).  See the index contract above."""
+    check_usable(x, weight)
+    B, Ci, H, W = x.shape
+    NW, Co, R = weight.shape
+    if R != k * k * Ci:
+        raise ValueError(f"weight bank R={R} does not match k={k}, Ci={Ci}")
+    J = job_sample.shape[0]
+    weight = weight.contiguous()
+    y = _check_out(out, (J, Co, H, W), x.dtype, x.device)
+    if y is None:
+        y = torch.empty((J, Co, H, W), device=x.device, dtype=x.dtype,
+                        memory_format=torch.channels_last)
+    if J == 0:
+        return y
+    grid = lambda meta: (triton.cdiv(Co, meta["BLOCK_N"]), triton.cdiv(H * W, meta["BLOCK_M"]), J)
+    _dyn_conv_kernel[grid](
+        x, weight, y, _i32(job_sample), _i32(job_weight), H, W, Ci, Co, R,
+        *x.stride(), *y.stride(), KS=k, PRECISION=_precision(x.dtype, precision),
+        UPCAST=_upcast(x.dtype))
+    return y
+
+
+def flip_bank(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Bank of the transposed convolution: ``[NW, Co, (kh, kw, Ci)] → [NW, Ci, (kh', kw', Co)]``
+    with ``kh' = k − 1 − kh`` (the input gradient is a convolution with it)."""
+    NW, Co, R = weight.shape
+    Ci = R // (k * k)
+    return weight.view(NW, Co, k, k, Ci).flip(2, 3).permute(0, 4, 2, 3, 1).reshape(NW, Ci, -1)
+
+
+def dyn_conv_grad_input(grad: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
+                        job_weight: torch.Tensor, k: int, num_samples: int,
+                        precision: str = "ieee") -> torch.Tensor:
+    """``dx[b] = Σ_{j: job_sample[j] = b} conv_transpose(grad[j], weight[job_weight[j]])``."""
+    J = grad.shape[0]
+    jobs = torch.arange(J, device=grad.device)
+    per_job = dyn_conv(grad, flip_bank(weight, k).contiguous(), jobs, job_weight, k, precision)
+    out = torch.zeros((num_samples, *per_job.shape[1:]), device=grad.device, dtype=torch.float32)
+    out.index_add_(0, job_sample, per_job.float())
+    return out.to(grad.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def dyn_conv_grad_weight(grad: torch.Tensor, x: torch.Tensor, job_sample: torch.Tensor,
+                         job_weight: torch.Tensor, k: int, num_weights: int,
+                         precision: str = "ieee") -> torch.Tensor:
+    """``dW[w] = Σ_{j: job_weight[j] = w} Σ_pixels grad[j] ⊗ shift(x[job_sample[j]])``
+    → ``[NW, Co, R]`` (fp32)."""
+    check_usable(x, grad)
+    B, Ci, H, W = x.shape
+    J, Co = grad.shape[:2]
+    R = k * k * Ci
+    per_job = torch.empty((J, Co, R), device=x.device, dtype=torch.float32)
+    if J:
+        grid = lambda meta: (triton.cdiv(Ci, meta["BLOCK_N"]), triton.cdiv(Co, meta["BLOCK_M"]),
+                             J * k * k)
+        _wgrad_kernel[grid](
+            x, grad, per_job, _i32(job_sample), H, W, Ci, Co, R, *x.stride(), *grad.stride(),
+            KS=k, PRECISION=_precision(x.dtype, precision), UPCAST=_upcast(x.dtype))
+    out = torch.zeros((num_weights, Co, R), device=x.device, dtype=torch.float32)
+    return out.index_add_(0, job_weight, per_job)
+
+
+def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
+            scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mixed routed kernels ``[U, Co, R]`` (see ``kernels.torch_impl.compose``)."""
+    check_usable(base, leaders)
+    N, Co, R = base.shape
+    U, K = idx.shape
+    out = _check_out(out, (U, Co, R), base.dtype, base.device)
+    if out is None:
+        out = torch.empty((U, Co, R), device=base.device, dtype=base.dtype)
+    elif not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    if U == 0:
+        return out
+    BLOCK_O, BLOCK_R = (16, 32) if INTERPRET else (32, 128)
+    grid = (U, triton.cdiv(R, BLOCK_R), triton.cdiv(Co, BLOCK_O))
+    _compose_kernel[grid](base.contiguous(), leaders.contiguous(), _i32(idx),
+                          scores.float().contiguous(), out, N, Co, R, K,
+                          N_BLOCK=triton.next_power_of_2(N), BLOCK_O=BLOCK_O, BLOCK_R=BLOCK_R,
+                          num_warps=4)
+    return out
+
+
+def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
+        scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Folded per-unit kernels ``[U, Co, R]`` (see ``kernels.torch_impl.mix``)."""
+    check_usable(g0, bank)
+    Co, R = g0.shape
+    U, K = idx.shape
+    out = _check_out(out, (U, Co, R), bank.dtype, bank.device)
+    if out is None:
+        out = torch.empty((U, Co, R), device=bank.device, dtype=bank.dtype)
+    elif not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    if U == 0:
+        return out
+    BLOCK = 1024 if INTERPRET else 2048
+    grid = (U, triton.cdiv(Co * R, BLOCK))
+    _mix_kernel[grid](g0.contiguous(), bank.contiguous(), _i32(idx), scores.float().contiguous(),
+                      out, Co * R, K, BLOCK=BLOCK, num_warps=4)
+    return out

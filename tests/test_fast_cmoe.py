@@ -1,0 +1,192 @@
+"""FastCMoE (torch backend on CPU), the fused ops' registration, accelerate(), the folded
+kernel cache, and torch.compile."""
+import pytest
+import torch
+
+import unimmad
+from unimmad import CMoE, UniMMAD, UniMMADConfig
+
+from cmoe_cases import make_cmoe, make_inputs, route_all_to, smooth_inputs
+from helpers import TOL, assert_rel
+
+from kernels import FastCMoE, accelerate, ops, triton_impl  # noqa: E402
+
+
+def _fwd_bwd(module, general, prior, uts, w=None):
+    general = general.clone().requires_grad_(True)
+    p, aux = module(general, prior, uts)
+    if w is None:
+        return p, aux, None
+    ((p * w.to(p)).sum() + aux.balance_loss).backward()
+    return p, aux, general.grad
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("units", [[1, 2, 3, 4], [1], [3]])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_backend_matches_float64_reference(mode, units, channels_last):
+    ref = make_cmoe().train(mode == "train")
+    fast = FastCMoE.from_reference(ref, backend="torch")
+    ref64 = ref.double()
+    general, prior, uts = smooth_inputs(ref64, units)
+    if channels_last:
+        general = general.contiguous(memory_format=torch.channels_last)
+        prior = prior.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(len(uts), 20, 7, 9, dtype=torch.float64)
+    p_ref, aux_ref, gx_ref = _fwd_bwd(ref64, general.double(), prior.double(), uts, w)
+    p, aux, gx = _fwd_bwd(fast, general, prior, uts, w if mode == "train" else None)
+    assert_rel(p, p_ref, TOL["fp32"], "p")
+    for a, b in zip(aux.indices, aux_ref.indices):
+        assert torch.equal(a, b)
+    if mode == "train":
+        assert_rel(gx, gx_ref, TOL["grad"], "grad general")
+        for (name, a), b in zip(fast.named_parameters(), ref64.parameters()):
+            assert_rel(a.grad, b.grad, TOL["grad"], f"grad {name}")
+
+
+@pytest.mark.parametrize("K, route", [(1, None), (5, None), (2, (4, 0))])
+def test_torch_backend_routing_edge_cases(K, route):
+    # top-K = 1, top-K = number of leaders, every unit routed to the same leaders
+    ref = make_cmoe(K=K).eval()
+    if route:
+        route_all_to(ref, route)
+    fast = FastCMoE.from_reference(ref, backend="torch")
+    general, prior, uts = make_inputs([2, 1, 3])
+    with torch.no_grad():
+        p_ref, aux_ref = ref.double()(general.double(), prior.double(), uts)
+        p, aux = fast(general, prior, uts)
+    assert_rel(p, p_ref, TOL["fp32"])
+    if route:
+        assert all(bool((i == torch.tensor(route)).all()) for i in aux.indices)
+
+
+def test_reference_backend_is_the_reference():
+    ref = make_cmoe().eval()
+    fast = FastCMoE.from_reference(ref, backend="reference")
+    general, prior, uts = make_inputs([2, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(general, prior, uts)[0], ref(general, prior, uts)[0],
+                                   rtol=0, atol=0)
+
+
+def test_bf16_torch_backend():
+    ref = make_cmoe().eval()
+    fast = FastCMoE.from_reference(ref, backend="torch").to(torch.bfloat16)
+    general, prior, uts = make_inputs([1, 2])
+    with torch.no_grad():
+        p_ref, _ = ref.double()(general.double(), prior.double(), uts)
+        p, _ = fast(general.bfloat16(), prior.bfloat16(), uts)
+    assert p.dtype == torch.bfloat16
+    assert_rel(p.float(), p_ref, TOL["bf16"])
+
+
+def test_state_dicts_load_both_ways():
+    ref = make_cmoe()
+    fast = FastCMoE(20, 24, 3, 5, 2, backend="torch")
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    fast.load_state_dict(ref.state_dict())
+    ref2 = make_cmoe()
+    ref2.load_state_dict(fast.state_dict())
+    for a, b in zip(ref.state_dict().values(), ref2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cache_rebuilds_after_weight_updates_and_is_skipped_with_grad():
+    ref = make_cmoe()
+    fast = FastCMoE.from_reference(ref, backend="torch").train()
+    general, prior, uts = make_inputs([2, 1])
+    p, aux = fast(general, prior, uts)          # gradients needed: no cache
+    assert not fast._bank_cache
+    opt = torch.optim.SGD(fast.parameters(), lr=0.5)
+    ((p ** 2).mean() + aux.balance_loss).backward()
+    fast.eval()
+    with torch.no_grad():
+        fast(general, prior, uts)
+    assert len(fast._bank_cache) == 3
+    opt.step()                                  # in-place update bumps the version counters
+    ref.load_state_dict(fast.state_dict())
+    ref.eval()
+    with torch.no_grad():
+        p_fast, _ = fast(general, prior, uts)
+        p_ref, _ = ref.double()(general.double(), prior.double(), uts)
+    assert_rel(p_fast, p_ref, TOL["fp32"], "after optimizer step")
+    fast.clear_cache()
+    assert not fast._bank_cache
+
+
+def test_backend_errors(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FastCMoE(8, 8, 2, 4, 2, backend="cuda")
+    monkeypatch.setattr(triton_impl, "INTERPRET", False)
+    fast = FastCMoE(8, 8, 2, 4, 2, backend="triton")
+    general, prior, uts = make_inputs([1], C=8)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        fast(general, prior, uts)
+    assert ops.resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_from_reference_rejects_other_modules():
+    with pytest.raises(TypeError):
+        FastCMoE.from_reference(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("op", ["dyn_conv", "compose", "mix"])
+def test_custom_op_registration_and_gradients(op):
+    """opcheck validates schema, fake (meta) kernels and autograd registration;
+    gradcheck checks the explicit backward formulas in float64."""
+    d = dict(dtype=torch.float64)
+    if op == "dyn_conv":
+        k = 3
+        args = (torch.randn(2, 3, 4, 5, **d, requires_grad=True),
+                torch.randn(2, 4, 3 * k * k, **d, requires_grad=True),
+                torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1]), k, False, False, "torch", "ieee")
+        fn = torch.ops.unimmad.dyn_conv.default
+    elif op == "compose":
+        args = (torch.randn(3, 4, 6, **d, requires_grad=True),
+                torch.randn(5, 3, 4, **d, requires_grad=True),
+                torch.tensor([[0, 4], [2, 1]]), torch.rand(2, 2, **d, requires_grad=True), "torch")
+        fn = torch.ops.unimmad.compose.default
+    else:
+        args = (torch.randn(4, 6, **d, requires_grad=True), torch.randn(5, 4, 6, **d, requires_grad=True),
+                torch.tensor([[0, 4], [2, 2]]), torch.rand(2, 2, **d, requires_grad=True), "torch")
+        fn = torch.ops.unimmad.mix.default
+    torch.library.opcheck(fn, args)
+    assert torch.autograd.gradcheck(lambda *t: fn(*t), args)
+
+
+def test_accelerate_in_place_keeps_parameters_and_outputs():
+    torch.manual_seed(0)
+    model = UniMMAD(UniMMADConfig.tiny()).eval()
+    ref = UniMMAD(UniMMADConfig.tiny()).eval()
+    ref.load_state_dict(model.state_dict())
+    params = {n: p for n, p in model.named_parameters()}
+    out = unimmad.accelerate(model, backend="torch")
+    assert out is model
+    assert all(isinstance(c, FastCMoE) for c in model.cmoe)
+    assert all(p is params[n] for n, p in model.named_parameters())
+    images = torch.randn(3, 4, 3, 64, 64)
+    nm = torch.tensor([1, 4, 2])
+    with torch.no_grad():
+        a, b = model(images, nm), ref(images, nm)
+    assert_rel(a.anomaly_map, b.anomaly_map, 1e-4)
+    model.train(), ref.train()
+    la, _ = model.loss(images, nm)
+    lb, _ = ref.loss(images, nm)
+    torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no unimmad.CMoE"):
+        accelerate(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_torch_compile_has_no_graph_break(mode):
+    ref = make_cmoe().train(mode == "train")
+    fast = FastCMoE.from_reference(ref, backend="torch")
+    general, prior, uts = make_inputs([2, 1])
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    with torch.set_grad_enabled(mode == "train"):
+        p, aux = compiled(general, prior, uts)
+        p_eager, _ = fast(general, prior, uts)
+    torch.testing.assert_close(p, p_eager, rtol=1e-5, atol=1e-6)
+    if mode == "train":
+        (p.square().mean() + aux.balance_loss).backward()
+        assert all(q.grad is not None for q in fast.parameters())
