@@ -258,6 +258,8 @@ def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
     """``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])`` → ``[J, Co, H, W]``
     (channels-last memory unless ``out`` is given).  See the index contract above."""
     check_usable(x, weight)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"dyn_conv: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     B, Ci, H, W = x.shape
     NW, Co, R = weight.shape
     if R != k * k * Ci:

@@ -83,3 +83,22 @@ def smooth_inputs(module64, units_per_sample, margin=2e-6, tries=30, **kw):
         if relu_margin(module64, general.double(), prior.double(), uts) >= margin:
             return general, prior, uts
     raise RuntimeError("could not draw inputs away from ReLU kinks")
+
+
+# Paper dimensions per level: (in_channels C, spatial side) at 256² inputs.
+PAPER_LEVELS = {1: (256, 64), 2: (512, 32), 3: (1024, 16)}
+
+
+def paper_level_case(level: int, units: int, samples: int | None = None, seed: int = 0,
+                     dtype=torch.float32, device="cpu"):
+    """A paper-dimension reference C-MoE of one level and inputs with ``units`` units
+    spread over ``samples`` samples (default: one unit per sample)."""
+    C, S = PAPER_LEVELS[level]
+    samples = samples or units
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    module = CMoE(C).to(device=device, dtype=dtype)
+    uts = (torch.arange(units) * samples // units).to(device)
+    general = torch.randn(samples, C, S, S, generator=g).to(device=device, dtype=dtype)
+    prior = torch.randn(units, C, S, S, generator=g).to(device=device, dtype=dtype)
+    return module, general, prior, uts

@@ -15,13 +15,29 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
     main(["bench", "--preset", "tiny", "--batch", "2", "--modalities", "3", "--warmup", "0",
           "--iters", "2", "--out", str(tmp_path), "--no-isolate", "--quiet"])
     rec = json.loads((tmp_path / "bench.json").read_text())
-    row = rec["results"][0]
-    assert row["provider"] == "reference" and row["units"] == 6
-    assert row["samples_per_s"] > 0 and len(row["times_s"]) == 2
-    assert row["params"] > 0 and row["peak_memory_mb"] > 0
+    rows = {(r["section"], r["provider"], r.get("level")): r for r in rec["results"]}
+    ref, acc = rows[("model", "reference", None)], rows[("model", "accelerated", None)]
+    assert ref["units"] == 6 and len(ref["times_s"]) == 2 and ref["samples_per_s"] > 0
+    assert ref["params"] == acc["params"] > 0 and ref["peak_memory_mb"] > 0
+    # the accelerated model is checked against the reference in the same run
+    assert acc["parity_rel_err"] <= acc["parity_tol"] and acc["status"] == "ok"
+    assert acc["speedup"] > 0
+    for level in (1, 2, 3):
+        fast = rows[("cmoe", "fast (torch)", level)]
+        assert fast["status"] == "ok" and fast["gflop"] < rows[("cmoe", "reference", level)]["gflop"]
     assert rec["meta"]["torch"] and rec["config"]["image_size"] == 64
     assert "samples/s" in (tmp_path / "bench.md").read_text()
     assert "| model | reference |" in capsys.readouterr().out
+
+
+def test_bench_reports_failing_parity_without_speedup(monkeypatch, tmp_path):
+    from unimmad import bench
+    monkeypatch.setattr(bench, "parity_tolerance", lambda dtype, device: 0.0)
+    rec = bench.run(build_parser().parse_args(
+        ["bench", "--preset", "tiny", "--sections", "model", "--warmup", "0", "--iters", "1",
+         "--out", str(tmp_path), "--no-isolate", "--quiet"]))
+    acc = rec["results"][1]
+    assert acc["status"] == "FAIL parity" and acc["speedup"] is None
 
 
 def test_python_m_unimmad_bench_isolated(tmp_path):
@@ -32,10 +48,13 @@ def test_python_m_unimmad_bench_isolated(tmp_path):
     assert out.returncode == 0, out.stderr
     rec = json.loads((tmp_path / "bench.json").read_text())
     assert rec["results"][0]["peak_memory_kind"] == "process_peak_rss"
+    assert [r["section"] for r in rec["results"]].count("cmoe") == 7
 
 
 @pytest.mark.parametrize("argv", [["bench", "--modalities", "5"], ["bench", "--batch", "0"],
-                                  ["bench", "--image-size", "100"]])
+                                  ["bench", "--image-size", "100"],
+                                  ["bench", "--sections", "gpu"],
+                                  ["bench", "--providers", "triton"]])
 def test_bench_rejects_bad_options(argv, tmp_path):
     with pytest.raises(SystemExit):
         main(argv + ["--out", str(tmp_path), "--no-isolate", "--quiet"])

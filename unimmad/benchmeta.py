@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["environment", "git_commit"]
+__all__ = ["environment", "git_commit", "peak_memory_mb", "sync"]
 
 
 def git_commit() -> Optional[str]:
@@ -60,3 +60,31 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, object]:
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def sync(device) -> None:
+    """Wait for queued device work (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(fn, device) -> float:
+    """Peak tensor memory (MiB) allocated during one call of ``fn``, above what was live
+    before it: CUDA max-allocated on GPU; on CPU, the running sum of the torch profiler's
+    per-op self-allocation events (tensor memory only, not the process's resident set)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak / 2 ** 20
