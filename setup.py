@@ -18,7 +18,8 @@ setup(
         "safetensors",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib"],
+                    "report": ["matplotlib"]},
     entry_points={"console_scripts": ["unimmad=unimmad.cli:main"]},
     license="MIT",
 )

@@ -18,13 +18,35 @@ from unimmad.benchmeta import environment
 print(json.dumps(environment("cuda" if torch.cuda.is_available() else "cpu"), indent=2))
 PY
 # 1. parity on the GPU (one kernel config: compile time, not speed, matters here)
-UNIMMAD_AUTOTUNE=0 timeout 240 $PY -m pytest -q -p no:cacheprovider -m "gpu or interpreter" \
+UNIMMAD_AUTOTUNE=0 timeout 150 $PY -m pytest -q -p no:cacheprovider -m "gpu or interpreter" \
   tests/test_gpu_cmoe.py tests/test_triton_kernels.py --junitxml="$OUT/gpu_tests.xml" \
   2>&1 | tail -n 40 || status=1
-# 2. benchmarks
-timeout 240 $PY -m benchmarks.gpu_cmoe --out "$OUT" 2>&1 | tail -n 80 || status=1
+# 2. memory check of one small fused C-MoE launch (forward + backward)
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  UNIMMAD_AUTOTUNE=0 timeout 60 compute-sanitizer --tool memcheck --print-limit 20 \
+    $PY -c "
+import torch
+from kernels import FastCMoE
+m = FastCMoE(20, 24, 3, 5, 2, backend='triton').cuda().train()
+g = torch.randn(2, 20, 7, 9, device='cuda', requires_grad=True)
+p = torch.randn(3, 20, 7, 9, device='cuda')
+out, aux = m(g, p, torch.tensor([0, 1, 1], device='cuda'))
+(out.square().mean() + aux.balance_loss).backward()
+m.eval()
+with torch.no_grad():
+    m(g, p, torch.tensor([0, 1, 1], device='cuda'))
+torch.cuda.synchronize()
+print('memcheck run finished')
+" > "$OUT/memcheck.txt" 2>&1 || status=1
+  tail -n 5 "$OUT/memcheck.txt"
+else
+  echo "compute-sanitizer not found: memcheck skipped" | tee "$OUT/memcheck.txt"
+fi
+# 3. benchmarks
+timeout 120 $PY -m benchmarks.gpu_cmoe --out "$OUT" 2>&1 | tail -n 60 || status=1
+timeout 90 $PY -m benchmarks.gpu_model --out "$OUT" 2>&1 | tail -n 40 || status=1
 if [ -f benchmarks/gpu_anomaly_map.py ]; then
-  timeout 90 $PY -m benchmarks.gpu_anomaly_map --out "$OUT" 2>&1 | tail -n 30 || status=1
+  timeout 45 $PY -m benchmarks.gpu_anomaly_map --out "$OUT" 2>&1 | tail -n 30 || status=1
 fi
 echo "gpu_suite: $(( $(date +%s) - start )) s, status $status"
 exit $status

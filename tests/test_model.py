@@ -140,3 +140,13 @@ def test_bad_inputs():
         m.loss(images, nm, sample_weight=torch.tensor([1.0, -1.0]))
     with pytest.raises(TypeError, match="UniMMADConfig"):
         UniMMAD({"image_size": 64})
+
+
+def test_precomputed_units_and_no_validation_give_the_same_output():
+    m = tiny_model().eval()
+    images, nm = batch([3, 1, 2])
+    with torch.no_grad():
+        a = m(images, nm)
+        m.validate_inputs = False
+        b = m(images, nm, units=pack_units(nm, 4))
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map, rtol=0, atol=0)

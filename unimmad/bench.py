@@ -198,6 +198,32 @@ def _judge(row: Dict, err: Optional[float], tol: float, ref_median_ms: Optional[
                       if row["status"] == "ok" and ref_median_ms else None)
 
 
+class _MapAndScore(torch.nn.Module):
+    """Tensor-only view of a UniMMAD forward, for tracing by fvcore."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, num_modalities):
+        out = self.model(images, num_modalities)
+        return out.anomaly_map, out.pred_score
+
+
+def model_flops(cfg: UniMMADConfig, args, device, provider: str) -> Dict[str, float]:
+    """fvcore multiply-adds per sample (fvcore's FLOP = one multiply-add) and activated
+    parameters per unit, for one provider (fresh model, same seed as the timed ones)."""
+    from .flops import activated_parameters, fvcore_macs
+    dtype = DTYPES[args.dtype]
+    model = build_model(cfg, args.seed, dtype, device, provider)
+    images, nm = make_inputs(cfg, args.batch, args.modalities, args.seed + 1, dtype, device)
+    with torch.no_grad():
+        model(images, nm)  # builds the accelerated model's folded-kernel cache: not counted
+        macs = fvcore_macs(_MapAndScore(model), (images, nm))
+    return {"gflops_fvcore_per_sample": macs / args.batch / 1e9,
+            "activated_params_per_unit": activated_parameters(model)}
+
+
 def model_section(args, cfg, device, base_job) -> List[Dict]:
     rows, outputs, ref_ms = [], {}, None
     tol = parity_tolerance(DTYPES[args.dtype], device)
@@ -212,6 +238,11 @@ def model_section(args, cfg, device, base_job) -> List[Dict]:
         row.update(summarize(res["times_s"], args.batch))
         row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "params",
                                         "params_trainable", "params_mb", "times_s")})
+        if args.flops:
+            _log(f"{job['label']}: counting FLOPs with fvcore")
+            row.update(model_flops(cfg, args, device, provider))
+            row["activated_params_mb"] = (row["activated_params_per_unit"] * row["params_mb"]
+                                          / row["params"])
         outputs[provider] = res
         err = None
         if provider != "reference" and "reference" in outputs:
@@ -319,6 +350,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
+    p.add_argument("--no-flops", dest="flops", action="store_false",
+                   help="skip the fvcore FLOP count (one extra traced forward per provider)")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure the model in this process (peak memory then includes setup)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -376,6 +409,8 @@ COLUMNS = [
     ("samples_per_s", "samples/s", "{:.3f}"), ("latency_median_ms", "median ms", "{:.1f}"),
     ("latency_iqr_ms", "IQR ms", "{:.1f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("params", "params", "{:,}"), ("params_mb", "params MB", "{:.2f}"),
+    ("activated_params_per_unit", "active params/unit", "{:,}"),
+    ("gflops_fvcore_per_sample", "GFLOPs/sample (fvcore)", "{:.1f}"),
     ("gflop", "GFLOP", "{:.1f}"), ("parity_rel_err", "rel. err", "{:.1e}"),
     ("status", "status", "{}"), ("speedup", "speedup", "{:.2f}×"),
 ]
@@ -397,8 +432,12 @@ def to_markdown(record: Dict) -> str:
     lines += ["",
               "Peak memory: model rows — CUDA max allocated on GPU, the measuring process's "
               "peak resident set on CPU; cmoe rows — peak tensor allocations of one call. "
-              "params MB = parameters × element size / 2^20. GFLOP: 2 FLOPs per multiply-add "
-              "(analytic, SPEC §2). Speedups are shown only where the output matches the "
+              "params MB = parameters × element size / 2^20. Active params/unit: all "
+              "parameters except, per C-MoE branch, N − K base-expert-sized kernels (a unit "
+              "uses K composed leader kernels where N base experts are stored; the paper's "
+              "Table 6 convention). GFLOPs/sample (fvcore): fvcore's count, one multiply-add "
+              "= one FLOP, fused ops counted by their multiply-adds. GFLOP (cmoe rows): 2 FLOPs "
+              "per multiply-add (analytic, SPEC §2). Speedups are shown only where the output matches the "
               "reference of the same run within SPEC §3 (rel. err ≤ tolerance)."]
     return "\n".join(lines) + "\n"
 

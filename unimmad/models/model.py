@@ -83,6 +83,9 @@ class UniMMAD(nn.Module):
         self.anomaly_map_fn = reference_anomaly_map
         self.image_score_fn = reference_image_score
         self.decompression_loss_fn = decompression_loss
+        # Input validation synchronises with the device (it reads values); switch it off
+        # for CUDA-graph capture or maximum throughput once inputs are known to be good.
+        self.validate_inputs = True
         self.check_finite = True
 
     # --------------------------------------------------------------------------- inputs
@@ -129,12 +132,16 @@ class UniMMAD(nn.Module):
             raise ValueError("images contain NaN or Inf values")
 
     # --------------------------------------------------------------------------- forward
-    def features(self, images: torch.Tensor, num_modalities: torch.Tensor) -> UniMMADOutput:
-        """Priors, predictions and routing for a batch (no map)."""
-        self.check_inputs(images, num_modalities)
+    def features(self, images: torch.Tensor, num_modalities: torch.Tensor,
+                 units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> UniMMADOutput:
+        """Priors, predictions and routing for a batch (no map).  ``units`` — the
+        ``pack_units(num_modalities, M)`` pair, precomputed — avoids the host
+        synchronisation of packing (for CUDA graphs)."""
+        if self.validate_inputs:
+            self.check_inputs(images, num_modalities)
         num_modalities = num_modalities.long()
         B, M = images.shape[:2]
-        unit_to_sample, unit_slot = pack_units(num_modalities, M)
+        unit_to_sample, unit_slot = units if units is not None else pack_units(num_modalities, M)
         unit_images = images.flatten(0, 1)[unit_to_sample * M + unit_slot]
         raw = self.prior_generator(unit_images)                    # per unit, frozen
         priors = [F.normalize(r, dim=1) for r in raw]
@@ -154,8 +161,9 @@ class UniMMAD(nn.Module):
             aux.append(a)
         return UniMMADOutput(priors, predictions, unit_to_sample, unit_slot, aux)
 
-    def forward(self, images: torch.Tensor, num_modalities: torch.Tensor) -> UniMMADOutput:
-        out = self.features(images, num_modalities)
+    def forward(self, images: torch.Tensor, num_modalities: torch.Tensor,
+                units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> UniMMADOutput:
+        out = self.features(images, num_modalities, units)
         if not self.training:
             cfg = self.config
             out.anomaly_map = self.anomaly_map_fn(
