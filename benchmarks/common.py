@@ -28,3 +28,9 @@ def wall(fn: Callable[[], object], device, reps: int = 3) -> float:
         run()
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[len(ts) // 2]
+
+
+def do_bench_ms(fn: Callable[[], object], rep: int = 100, warmup: int = 25) -> float:
+    """Median time (ms) of ``fn`` on CUDA by ``triton.testing.do_bench`` (CUDA events)."""
+    from triton.testing import do_bench
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))

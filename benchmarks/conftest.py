@@ -1,4 +1,5 @@
-"""Benchmarks share setup code with the parity tests (tests/cmoe_cases.py)."""
+"""Benchmark fixtures.  Benchmarks share setup code with the parity tests
+(tests/cmoe_cases.py), so tests/ is put on the path."""
 import os
 import sys
 
@@ -10,19 +11,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from unimmad.benchmeta import environment  # noqa: E402
 
-HAS_CUDA = torch.cuda.is_available()
-
-
-def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (none present)")
-    for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
-            item.add_marker(skip_gpu)
-
 
 @pytest.fixture(scope="session")
 def bench_env():
-    return environment("cuda" if HAS_CUDA else "cpu")
+    return environment("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture

@@ -23,13 +23,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "tests"))
 
 from cmoe_cases import PAPER_LEVELS, paper_level_case  # noqa: E402
+from benchmarks.common import do_bench_ms as bench  # noqa: E402
 from unimmad.benchmeta import environment  # noqa: E402
 from unimmad.flops import cmoe_gflop  # noqa: E402
 
 
-def bench(fn, rep=100):
-    from triton.testing import do_bench
-    return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
 def matmul_tflops() -> float:

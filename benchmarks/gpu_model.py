@@ -15,14 +15,12 @@ import time
 
 import torch
 
+from benchmarks.common import do_bench_ms as bench
 from unimmad.bench import build_model, make_inputs, parity_tolerance, preset_config, rel_err
 from unimmad.benchmeta import environment
 from unimmad.models.model import pack_units
 
 
-def bench(fn, rep=100):
-    from triton.testing import do_bench
-    return float(do_bench(fn, warmup=10, rep=rep, return_mode="median"))
 
 
 def graph_of(model, images, nm):

@@ -69,40 +69,35 @@ def _(x, weight, job_sample, job_weight, k, same_samples, same_weights, backend,
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-@torch.library.custom_op("unimmad::dyn_conv_grad_input", mutates_args=())
-def _dyn_conv_grad_input(grad: Tensor, x: Tensor, weight: Tensor, job_sample: Tensor,
-                         job_weight: Tensor, k: int, same_samples: bool, same_weights: bool,
-                         backend: str, precision: str) -> Tensor:
-    if backend == "triton":
-        dx = triton_impl.dyn_conv_grad_input(grad, weight, job_sample, job_weight, k,
-                                             x.shape[0], precision)
-    else:
-        dx, _ = torch_impl.dyn_conv_backward(grad, x, weight, job_sample, job_weight, k, True,
-                                             False, same_samples, same_weights)
-    return dx.to(x.dtype).contiguous()
-
-
-@_dyn_conv_grad_input.register_fake
-def _(grad, x, weight, job_sample, job_weight, k, same_samples, same_weights, backend, precision):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("unimmad::dyn_conv_grad_weight", mutates_args=())
-def _dyn_conv_grad_weight(grad: Tensor, x: Tensor, weight: Tensor, job_sample: Tensor,
+@torch.library.custom_op("unimmad::dyn_conv_backward", mutates_args=())
+def _dyn_conv_backward_op(grad: Tensor, x: Tensor, weight: Tensor, job_sample: Tensor,
                           job_weight: Tensor, k: int, same_samples: bool, same_weights: bool,
-                          backend: str, precision: str) -> Tensor:
+                          backend: str, precision: str, need_x: bool,
+                          need_w: bool) -> Tuple[Tensor, Tensor]:
+    """Gradients of ``dyn_conv`` for x and weight (an empty tensor where not needed)."""
     if backend == "triton":
-        dw = triton_impl.dyn_conv_grad_weight(grad, x, job_sample, job_weight, k,
-                                              weight.shape[0], precision)
+        dx = dw = None
+        if need_x:
+            dx = triton_impl.dyn_conv_grad_input(grad, weight, job_sample, job_weight, k,
+                                                 x.shape[0], precision)
+        if need_w:
+            dw = triton_impl.dyn_conv_grad_weight(grad, x, job_sample, job_weight, k,
+                                                  weight.shape[0], precision)
     else:
-        _, dw = torch_impl.dyn_conv_backward(grad, x, weight, job_sample, job_weight, k, False,
-                                             True, same_samples, same_weights)
-    return dw.to(weight.dtype).contiguous()
+        dx, dw = torch_impl.dyn_conv_backward(grad, x, weight, job_sample, job_weight, k,
+                                              need_x, need_w, same_samples, same_weights)
+    dx = dx.to(x.dtype).contiguous() if need_x else x.new_empty(0)
+    dw = dw.to(weight.dtype).contiguous() if need_w else weight.new_empty(0)
+    return dx, dw
 
 
-@_dyn_conv_grad_weight.register_fake
-def _(grad, x, weight, job_sample, job_weight, k, same_samples, same_weights, backend, precision):
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+@_dyn_conv_backward_op.register_fake
+def _(grad, x, weight, job_sample, job_weight, k, same_samples, same_weights, backend, precision,
+      need_x, need_w):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0)
+    dw = (torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w
+          else weight.new_empty(0))
+    return dx, dw
 
 
 def _dyn_conv_setup(ctx, inputs, output):
@@ -113,13 +108,10 @@ def _dyn_conv_setup(ctx, inputs, output):
 
 def _dyn_conv_backward(ctx, grad):
     x, weight, job_sample, job_weight = ctx.saved_tensors
-    args = ctx.args
-    dx = dw = None
-    if ctx.needs_input_grad[0]:
-        dx = _dyn_conv_grad_input(grad, x, weight, job_sample, job_weight, *args)
-    if ctx.needs_input_grad[1]:
-        dw = _dyn_conv_grad_weight(grad, x, weight, job_sample, job_weight, *args)
-    return dx, dw, None, None, None, None, None, None, None
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dw = _dyn_conv_backward_op(grad.contiguous(), x, weight, job_sample, job_weight,
+                                   *ctx.args, need_x, need_w)
+    return (dx if need_x else None), (dw if need_w else None), None, None, None, None, None, None, None
 
 
 _dyn_conv.register_autograd(_dyn_conv_backward, setup_context=_dyn_conv_setup)

@@ -76,12 +76,16 @@ def check_usable(*tensors: torch.Tensor) -> None:
             "or use backend='torch'")
 
 
+def _pinned(block_k: int):
+    """The one configuration used under the interpreter or with UNIMMAD_AUTOTUNE=0."""
+    small = INTERPRET
+    return [triton.Config({"BLOCK_M": 32 if small else 64, "BLOCK_N": 32 if small else 64,
+                           "BLOCK_K": 16 if small else block_k}, num_warps=4, num_stages=3)]
+
+
 def _conv_configs():
     if not AUTOTUNE:
-        return [triton.Config({"BLOCK_M": 32 if INTERPRET else 64,
-                               "BLOCK_N": 32 if INTERPRET else 64,
-                               "BLOCK_K": 16 if INTERPRET else 32},
-                              num_warps=4, num_stages=3)]
+        return _pinned(32)
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
@@ -92,10 +96,7 @@ def _conv_configs():
 
 def _wgrad_configs():
     if not AUTOTUNE:
-        return [triton.Config({"BLOCK_M": 32 if INTERPRET else 64,
-                               "BLOCK_N": 32 if INTERPRET else 64,
-                               "BLOCK_K": 16 if INTERPRET else 64},
-                              num_warps=4, num_stages=3)]
+        return _pinned(64)
     return [
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
