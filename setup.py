@@ -17,9 +17,17 @@ setup(
         "fvcore",
         "safetensors",
         "tqdm",
+        "pyyaml",
+        "pillow",
+        "scipy",
+        "tifffile",
+        "nibabel",
+        "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib"],
-                    "report": ["matplotlib"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "scikit-learn"],
+        "mulsen": ["trimesh"],  # MulSen-AD point clouds rendered to depth
+    },
     entry_points={"console_scripts": ["unimmad=unimmad.cli:main"]},
     license="MIT",
 )

@@ -1,0 +1,314 @@
+"""Every reader on a tiny dataset generated in its real layout (tests/data_fixtures.py):
+sample format, modality counts, labels, class names, loss weights and mask alignment
+(the defect pixels carry a marker, which must land under the mask after preprocessing)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data_fixtures as F
+import unimmad.data as D
+from unimmad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+S = 32
+PRE = D.Preprocess(image_size=S)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layouts")
+    out = {}
+    for name, make in (("mvtec", F.make_mvtec_ad), ("visa", F.make_visa),
+                       ("mvtec3d", F.make_mvtec3d), ("eyecandies", F.make_eyecandies),
+                       ("mulsen", F.make_mulsen), ("brats", F.make_brats),
+                       ("liverct", F.make_bmad), ("meta", F.make_meta_json)):
+        root = base / name
+        root.mkdir()
+        out[name] = (root, make(root))
+    root = base / "hyperkvasir"
+    root.mkdir()
+    out["hyperkvasir"] = (root, F.make_bmad(root, rgb=True, img_subfolder=False))
+    return out
+
+
+def denorm(slot: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return slot * std + mean
+
+
+def marker(slot: torch.Tensor, rgb: bool) -> torch.Tensor:
+    x = denorm(slot)
+    if rgb:
+        return (x[0] > 0.75) & (x[1] < 0.25)
+    return x.mean(0) > 0.75
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
+def check_sample(x, n_mod, dataset, weight):
+    """The unified sample's contract."""
+    assert set(x) == {"images", "num_modalities", "mask", "label", "class_name", "dataset",
+                      "loss_weight", "path", "modalities"}
+    assert x["images"].shape == (4, 3, S, S) and x["images"].dtype == torch.float32
+    assert x["num_modalities"] == n_mod
+    assert torch.isfinite(x["images"]).all()
+    assert (x["images"][n_mod:] == 0).all()                       # zero padding
+    assert x["mask"].shape == (S, S) and set(x["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert x["label"] in (0, 1)
+    assert x["dataset"] == dataset and x["class_name"].endswith("_" + dataset)
+    assert x["loss_weight"] == weight
+    if x["label"] == 0:
+        assert x["mask"].sum() == 0
+
+
+def anomalous(ds):
+    return [i for i, r in enumerate(ds.records) if r.label == 1]
+
+
+def test_mvtec_ad(roots):
+    root, info = roots["mvtec"]
+    tr = D.MVTecAD(root, "train", preprocess=PRE)
+    te = D.MVTecAD(root, "test", preprocess=PRE)
+    assert len(tr) == info["train"] and len(te) == info["test"]
+    assert tr.classes == ["bottle_mvtec", "grid_mvtec"]
+    assert sum(te.labels) == info["anomalous"]
+    for i in range(len(te)):
+        check_sample(te[i], 1, "mvtec", 1.0)
+    g = tr[tr.class_names.index("grid_mvtec")]["images"][0]        # gray → replicated
+    x = denorm(g)
+    assert torch.allclose(x[0], x[1], atol=1e-5) and torch.allclose(x[1], x[2], atol=1e-5)
+    for i in anomalous(te):
+        x = te[i]
+        assert x["mask"].sum() > 0 and iou(marker(x["images"][0], True), x["mask"]) > 0.8
+
+
+def test_visa(roots):
+    root, info = roots["visa"]
+    tr = D.VisA(root, "train", preprocess=PRE)
+    te = D.VisA(root, "test", classes=["pcb1"], preprocess=PRE)
+    assert len(tr) == info["train"] and tr.classes == ["candle_visa", "pcb1_visa"]
+    assert len(te) == info["test"] // 2 and te.classes == ["pcb1_visa"]
+    for i in anomalous(te):                                         # masks with small ids
+        x = te[i]
+        check_sample(x, 1, "visa", 1.0)
+        assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+    with pytest.raises(D.DataLayoutError, match="'nope' is not in the split file"):
+        D.VisA(root, "test", classes=["nope"])
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "val", "test"])
+def test_mvtec3d(roots, split):
+    root, info = roots["mvtec3d"]
+    ds = D.MVTec3DAD(root, split, preprocess=PRE)
+    assert len(ds) == info["validation" if split == "val" else split]
+    assert ds.classes == ["bagel_mvtec3d", "foam_mvtec3d"]
+    for i in range(len(ds)):
+        x = ds[i]
+        check_sample(x, 2, "mvtec3d", 1.0)
+        assert x["modalities"] == "rgb+depth"
+        depth = x["images"][1]
+        assert torch.equal(depth[0], depth[1]) and torch.equal(depth[1], depth[2])
+        assert abs(float(depth[0].mean())) < 0.5                   # standardised
+        if x["label"]:
+            m = x["mask"].bool()
+            assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+            assert float(depth[0][m].mean() - depth[0][~m].mean()) > 1.0   # raised defect
+
+
+def test_mvtec3d_single_modality_and_rename(roots):
+    root, _ = roots["mvtec3d"]
+    ds = D.MVTec3DAD(root, "test", modalities=("depth",), preprocess=PRE,
+                     dataset_name="eyecandies")
+    x = ds[0]
+    check_sample(x, 1, "eyecandies", 0.5)
+    assert x["modalities"] == "depth"
+    with pytest.raises(ValueError, match="modalities"):
+        D.MVTec3DAD(root, "test", modalities=("rgb", "normals"))
+
+
+def test_eyecandies(roots):
+    root, info = roots["eyecandies"]
+    assert len(D.Eyecandies(root, "val", preprocess=PRE)) == info["val"]
+    te = D.Eyecandies(root, "test", preprocess=PRE, rgb_index=3)
+    assert te.split == "test_public" and len(te) == info["test_public"]
+    assert sum(te.labels) == info["anomalous"]
+    assert all(r.files[0][1].endswith("_image_3.png") for r in te.records)
+    for i in range(len(te)):
+        x = te[i]
+        check_sample(x, 2, "eyecandies", 0.5)
+        if x["label"]:
+            m = x["mask"].bool()
+            assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+            assert float(x["images"][1, 0][m].mean() - x["images"][1, 0][~m].mean()) > 1.0
+
+
+def test_mulsen_infrared_default(roots):
+    root, info = roots["mulsen"]
+    tr = D.MulSenAD(root, "train", preprocess=PRE)
+    te = D.MulSenAD(root, "test", preprocess=PRE)
+    assert len(tr) == info["train"] and len(te) == info["test"]
+    labels = {Path(r.files[0][1]).parent.name + "/" + Path(r.files[0][1]).stem: r.label
+              for r in te.records}
+    # crack labels (rgb, infrared, pointcloud): 0 → (1,1,1), 1 → (0,1,0), 2 → (1,0,0)
+    assert labels == {"crack/0": 1, "crack/1": 1, "crack/2": 0, "good/0": 0, "good/1": 0}
+    for i in range(len(te)):
+        x = te[i]
+        check_sample(x, 1, "mulsen", 1.0)
+        assert x["modalities"] == "infrared"
+        if x["label"]:
+            assert iou(marker(x["images"][0], False), x["mask"]) > 0.8
+
+
+def test_mulsen_three_sensors(roots):
+    pytest.importorskip("trimesh")
+    root, _ = roots["mulsen"]
+    te = D.MulSenAD(root, "test", modalities=("rgb", "infrared", "pointcloud"), preprocess=PRE)
+    assert [r.label for r in te.records] == [1, 1, 1, 0, 0]        # any chosen sensor
+    x = te[0]
+    check_sample(x, 3, "mulsen", 1.0)
+    assert x["modalities"] == "rgb+infrared+depth"
+    assert float(x["images"][2].std()) > 0.5                       # a rendered depth map
+    x1 = te[1]                                                     # infrared-only defect:
+    assert x1["label"] == 1 and x1["mask"].sum() == 0             # the RGB mask is empty
+    ir = D.MulSenAD(root, "test", modalities=("infrared",), label_from="any", preprocess=PRE)
+    assert [r.label for r in ir.records] == [1, 1, 1, 0, 0]
+
+
+def test_render_depth_orientation():
+    v = np.array([[0, 0, 1.0], [1, 0, 2.0], [0, 1, 3.0], [1, 1, 4.0], [1, 1, 5.0]])
+    d, valid = D.render_depth(v, 4)
+    assert valid.sum() == 4
+    assert d[-1, 0] == 1.0 and d[-1, -1] == 2.0 and d[0, 0] == 3.0 and d[0, -1] == 5.0
+
+
+def test_brats(roots):
+    root, info = roots["brats"]
+    tr = D.BraTS2020(root, "train", preprocess=PRE)
+    te = D.BraTS2020(root, "test", preprocess=PRE)
+    n_slices = info["shape"][2] - 1                                 # slice 0 has no brain
+    n_tumour = len(info["tumour_slices"])
+    assert len(tr) == 4 * (n_slices - n_tumour)                     # 4 training cases, healthy
+    assert len(te) == n_slices and sum(te.labels) == n_tumour       # last case is the test one
+    assert {r.files[0][1].split("/")[-2] for r in te.records} == {info["cases"][-1]}
+    assert tr.classes == ["brain_brats"]
+    for i in range(len(te)):
+        x = te[i]
+        check_sample(x, 4, "brats", 10.0)
+        assert x["modalities"] == "flair+t1+t1ce+t2"
+        if x["label"]:
+            for m in range(4):
+                assert iou(marker(x["images"][m], False), x["mask"]) > 0.8
+    sub = D.BraTS2020(root, "test", test_cases=[info["cases"][0]], modalities=("t2", "flair"),
+                      slice_range=(2, None), slice_step=2, min_brain_fraction=0, preprocess=PRE)
+    assert [r.extra[0] for r in sub.records] == [2, 4, 6, 8]
+    assert sub[0]["num_modalities"] == 2
+
+
+def test_brats_gz_and_odd_seg_name(tmp_path):
+    F.make_brats(tmp_path, n_cases=2, gz=True, odd_seg_name_case=2)
+    ds = D.BraTS2020(tmp_path / "MICCAI_BraTS2020_TrainingData", "test", test_fraction=0.5,
+                     preprocess=PRE)
+    assert {Path(r.mask).name for r in ds.records if r.mask} == {"W39_1998.09.19_Segm.nii.gz"}
+    x = ds[[r.label for r in ds.records].index(1)]
+    assert x["mask"].sum() > 0
+
+
+@pytest.mark.parametrize("name,cls,modality,weight,rgb", [
+    ("liverct", D.LiverCT, "ct", 10.0, False),
+    ("hyperkvasir", D.HyperKvasir, "endoscopy", 1.0, True),
+])
+def test_bmad_style(roots, name, cls, modality, weight, rgb):
+    root, info = roots[name]
+    tr = cls(root, "train", preprocess=PRE)
+    assert len(tr) == info["train"] and tr.classes == [f"{tr.class_name}_{name}"]
+    for split in ("valid", "val", "test"):
+        te = cls(root, split, preprocess=PRE)
+        assert len(te) == info["test"] and sum(te.labels) == info["anomalous"]
+        for i in range(len(te)):
+            x = te[i]
+            check_sample(x, 1, name, weight)
+            assert x["modalities"] == modality
+            if x["label"]:
+                assert iou(marker(x["images"][0], rgb), x["mask"]) > 0.8
+    oct_ = D.RetinalOCT(roots["liverct"][0], "test", preprocess=PRE)
+    assert oct_.classes == ["retina_retinaloct"] and oct_[0]["modalities"] == "oct"
+
+
+def test_meta_json(roots):
+    root, meta = roots["meta"]
+    tr = D.MetaJsonDataset(root, "train", preprocess=PRE)
+    te = D.MetaJsonDataset(root, "test", classes=["bagel_mvtec3d", "Lollipop_EyePre"],
+                           preprocess=PRE)
+    assert tr.classes == sorted(meta["train"]) and len(tr) == 6
+    assert te.classes == ["Lollipop_EyePre", "bagel_mvtec3d"] and len(te) == 4
+    weights = {}
+    for i in range(len(te)):
+        x = te[i]
+        weights[x["dataset"]] = x["loss_weight"]
+        assert x["num_modalities"] == 2 and x["modalities"] == "rgb+depth"
+        if x["label"]:
+            m = x["mask"].bool()
+            assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+            assert float(x["images"][1, 0][m].mean() - x["images"][1, 0][~m].mean()) > 1.0
+    assert weights == {"EyePre": 0.5, "mvtec3d": 1.0}             # release suffix → alias
+    custom = D.MetaJsonDataset(root, "train", loss_weights={"EyePre": 2.0}, preprocess=PRE)
+    assert {x["dataset"]: x["loss_weight"] for x in custom} == {
+        "EyePre": 2.0, "mvtec3d": 1.0, "mvtec": 1.0}
+    release = D.MetaJsonDataset(root, "test", classes=["bagel_mvtec3d"],
+                                preprocess=PRE.replace(depth_fill="mean", depth_norm="center"))
+    d = np.load(root / meta["test"]["bagel_mvtec3d"][0]["img_path"][1])
+    fg = d[:, :, 3] > 0
+    want = (np.where(fg, d[:, :, 0], d[:, :, 0][fg].mean()) - d[:, :, 0][fg].mean()) * 100
+    got = release[0]["images"][1, 0]
+    assert torch.allclose(got, torch.nn.functional.interpolate(
+        torch.tensor(want, dtype=torch.float32)[None, None], size=(S, S), mode="bilinear",
+        align_corners=False)[0, 0], atol=1e-4)
+
+
+def test_build_dataset_registry(roots):
+    ds = D.build_dataset("mvtec", roots["mvtec"][0], "test", preprocess=PRE)
+    assert isinstance(ds, D.MVTecAD) and "MVTecAD(" in repr(ds)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        D.build_dataset("imagenet", roots["mvtec"][0])
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def test_depth_fill_and_normalisation():
+    from unimmad.data.preprocess import depth_from_xyz, fill_depth, normalize_depth
+
+    xyz = np.zeros((3, 4, 3), np.float32)
+    xyz[..., 2] = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
+    xyz[0, 0] = 0.0                    # missing point
+    xyz[2, 3, 1] = np.nan              # broken point
+    z, valid = depth_from_xyz(xyz)
+    assert not valid[0, 0] and not valid[2, 3] and valid.sum() == 10
+    near = fill_depth(z, valid, "nearest")
+    assert near[0, 0] in (2.0, 5.0) and near[2, 3] in (11.0, 8.0)
+    mean = fill_depth(z, valid, "mean")
+    assert mean[0, 0] == pytest.approx(z[valid].mean())
+    st = normalize_depth(near, valid, "standardize")
+    assert st[valid].mean() == pytest.approx(0.0, abs=1e-9) and st[valid].std() == pytest.approx(1.0)
+    c = normalize_depth(mean, valid, "center", 100.0)
+    assert c[0, 0] == pytest.approx(0.0) and c[valid].mean() == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="depth_fill"):
+        D.Preprocess(depth_fill="zero")
+
+
+def test_preprocess_from_config():
+    from unimmad import UniMMADConfig
+
+    pre = D.Preprocess.from_config(UniMMADConfig.tiny(), depth_norm="center")
+    assert pre.image_size == 64 and pre.max_modalities == 4 and pre.depth_norm == "center"
+
+
+def test_gray_normalisation_switch(roots):
+    root, _ = roots["liverct"]
+    raw = D.LiverCT(root, "train", preprocess=PRE.replace(normalize_gray=False))[0]["images"][0]
+    assert 0.0 <= float(raw.min()) and float(raw.max()) <= 1.0

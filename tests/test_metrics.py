@@ -1,0 +1,329 @@
+"""unimmad.metrics against scikit-learn (AUROC, AP), brute-force sweeps (F1-max), brute-force
+implementations of both AUPRO definitions written here, hand-computed PRO curves, and the
+binned estimators against the exact ones within their stated error bounds."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import unimmad.metrics as M
+from unimmad.metrics.functional import trapezoid
+
+
+# ----------------------------------------------------------------------------- brute force
+def brute_f1max(scores, labels):
+    s, y = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    best = 0.0
+    for t in np.unique(s):
+        pred = s >= t
+        tp = np.sum(pred & y)
+        fp = np.sum(pred & ~y)
+        fn = np.sum(~pred & y)
+        best = max(best, 2 * tp / (2 * tp + fp + fn))
+    return best
+
+
+def clipped_area(x, y, limit):
+    """Area under the piecewise-linear (x, y) up to ``limit``, segment by segment."""
+    area = 0.0
+    for x0, x1, y0, y1 in zip(x[:-1], x[1:], y[:-1], y[1:]):
+        if x0 >= limit:
+            break
+        if x1 <= limit:
+            area += 0.5 * (y0 + y1) * (x1 - x0)
+        else:
+            yl = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            area += 0.5 * (y0 + yl) * (limit - x0)
+    return area
+
+
+def regions_of(masks):
+    out = []
+    for i, g in enumerate(masks):
+        lab, n = ndimage.label(g, structure=np.ones((3, 3)))
+        out += [(i, lab == k) for k in range(1, n + 1)]
+    return out
+
+
+def brute_aupro_exact(maps, masks, limit=0.3):
+    regions = regions_of(masks)
+    normal = ~masks
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        pred = maps >= t
+        xs.append((pred & normal).sum() / normal.sum())
+        ys.append(np.mean([pred[i][r].mean() for i, r in regions]))
+    xs.append(1.0)
+    ys.append(1.0)
+    return clipped_area(xs, ys, limit) / limit
+
+
+def brute_aupro_mvtec3d(maps, masks, limit=0.3, T=99):
+    regions = regions_of(masks)
+    ok = np.sort(maps[~masks])
+    n = ok.size
+    pts = []
+    for k in range(T):
+        pos = (k * (n - 1)) // (T - 1)
+        t = ok[pos]
+        pro = np.mean([(maps[i][r] > t).mean() for i, r in regions])
+        pts.append((1.0 - (pos + 1) / n, pro))
+    pts = sorted(pts) + [(1.0, 1.0)]
+    return clipped_area([p[0] for p in pts], [p[1] for p in pts], limit) / limit
+
+
+# ----------------------------------------------------------------------------- data
+def random_set(rng, n=8, h=12, w=14, ties=False):
+    """Maps with several defects per image, images without defect, a defect on the border."""
+    maps = rng.random((n, h, w))
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        if i % 3 == 2:
+            continue                                     # defect-free image
+        for _ in range(1 + i % 3):                       # 1 or 2 defects
+            y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+            masks[i, y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = True
+    masks[0, 0:2, w - 3:w] = True                        # touches the top-right border
+    maps = maps + 0.6 * masks * rng.random((n, h, w))
+    if ties:
+        maps = np.round(maps * 8) / 8
+    return maps.astype(np.float32), masks
+
+
+# ----------------------------------------------------------------------------- image metrics
+@pytest.mark.parametrize("ties", [False, True])   # continuous scores / many tied scores
+def test_image_metrics_match_sklearn(ties):
+    rng = np.random.default_rng(0)
+    for n in (7, 50, 333):
+        y = rng.random(n) < 0.4
+        y[0], y[1] = True, False
+        s = rng.normal(size=n) + y
+        if ties:
+            s = np.round(s * 2) / 2
+        r = M.compute(torch.as_tensor(s), torch.as_tensor(y))
+        assert set(r) == set(M.IMAGE_KEYS)
+        assert abs(r["image_AUROC"] - roc_auc_score(y, s)) < 1e-6
+        assert abs(r["image_AP"] - average_precision_score(y, s)) < 1e-6
+        assert abs(r["image_F1max"] - brute_f1max(s, y)) < 1e-12
+        assert abs(M.auroc(s, y) - roc_auc_score(y, s)) < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:image AP:RuntimeWarning", "ignore:image F1:RuntimeWarning")
+def test_image_metrics_undefined_give_nan():
+    with pytest.warns(RuntimeWarning, match="image AUROC"):
+        r = M.compute(np.array([0.1, 0.2]), np.array([0, 0]))
+    assert math.isnan(r["image_AUROC"]) and math.isnan(r["image_AP"])
+
+
+# ----------------------------------------------------------------------------- pixel metrics
+@pytest.mark.parametrize("ties", [False, True])
+def test_exact_pixel_metrics_match_sklearn_and_bruteforce(ties):
+    rng = np.random.default_rng(1)
+    maps, masks = random_set(rng, ties=ties)
+    scores = maps.reshape(len(maps), -1).max(1)
+    r = M.compute(scores, masks.any((1, 2)), maps, masks)
+    assert set(r) == set(M.IMAGE_KEYS) | set(M.PIXEL_KEYS)
+    assert abs(r["pixel_AUROC"] - roc_auc_score(masks.ravel(), maps.ravel())) < 1e-6
+    assert abs(r["pixel_AP"] - average_precision_score(masks.ravel(), maps.ravel())) < 1e-6
+    assert abs(r["pixel_F1max"] - brute_f1max(maps, masks)) < 1e-9
+    assert abs(r["pixel_AUPRO"] - brute_aupro_exact(maps, masks)) < 1e-3
+    r3 = M.compute(scores, masks.any((1, 2)), maps, masks, aupro="mvtec3d")
+    assert abs(r3["pixel_AUPRO"] - brute_aupro_mvtec3d(maps, masks)) < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:image AUROC is undefined:RuntimeWarning")
+def test_pro_curves_by_hand():
+    """Two regions of 2 pixels; 11 normal pixels, one of them at 0.7, the rest ≤ 0.09.
+
+    Exact curve: (0, .25) (0, .75) (1/11, .75) (1/11, 1) … → AUPRO = 1 − (0.25/11)/0.3.
+    MVTec 3D-AD: thresholds at normal-score quantiles, "> t": (0, .75) (1/11, 1) … →
+    AUPRO = 1 − (0.125/11)/0.3."""
+    gt = np.array([[1, 1, 0, 0, 0],
+                   [0, 0, 0, 0, 1],
+                   [0, 0, 0, 0, 1]], bool)
+    m = np.zeros((3, 5))
+    m[0, 0], m[0, 1], m[1, 4], m[2, 4] = 0.9, 0.5, 0.8, 0.8
+    normal = np.argwhere(~gt)
+    m[tuple(normal[0])] = 0.7
+    for k, (i, j) in enumerate(normal[1:]):
+        m[i, j] = 0.01 * k
+    exact = M.aupro(m[None], gt[None], "exact")
+    mv3d = M.aupro(m[None], gt[None], "mvtec3d")
+    assert abs(exact - (1 - (0.25 / 11) / 0.3)) < 1e-12
+    assert abs(mv3d - (1 - (0.125 / 11) / 0.3)) < 1e-12
+    # the binned estimators land within their bounds of the same values
+    for variant, ref in (("exact", exact), ("mvtec3d", mv3d)):
+        acc = M.MetricAccumulator(aupro=variant, pixel_bins=1024)
+        acc.update([1.0], [1], m[None], gt[None])
+        got = acc.compute()["pixel_AUPRO"]
+        assert abs(got - ref) <= acc.error_bounds()["pixel_AUPRO"] + 1e-12
+
+
+def test_trapezoid_limit_rules():
+    x, y = np.array([0.0, 0.2, 0.4, 1.0]), np.array([0.0, 0.5, 1.0, 1.0])
+    assert trapezoid(x, y, 0.2) == pytest.approx(0.05)                 # x_max on a sample
+    assert trapezoid(x, y, 0.3) == pytest.approx(0.05 + 0.1 * (0.5 + 0.75) / 2)
+    with pytest.raises(ValueError, match="outside"):
+        trapezoid(np.array([0.5, 1.0]), np.array([0.0, 1.0]), 0.3)
+
+
+@pytest.mark.parametrize("aupro", M.AUPRO_VARIANTS)
+@pytest.mark.parametrize("bins", [64, 2 ** 12])
+def test_binned_within_stated_error(aupro, bins):
+    rng = np.random.default_rng(2)
+    maps, masks = random_set(rng, n=12, h=20, w=20)
+    scores = maps.reshape(len(maps), -1).mean(1)
+    labels = masks.any((1, 2))
+    exact = M.compute(scores, labels, maps, masks, aupro=aupro)
+    acc = M.MetricAccumulator(aupro=aupro, pixel_bins=bins)
+    for i in range(0, len(maps), 5):                              # streamed in batches
+        acc.update(scores[i:i + 5], labels[i:i + 5], maps[i:i + 5], masks[i:i + 5])
+    got, bound = acc.compute(), acc.error_bounds()
+    for k in M.PIXEL_KEYS:
+        assert abs(got[k] - exact[k]) <= bound[k] + 1e-9, (k, got[k], exact[k], bound[k])
+    assert got["pixel_F1max"] <= exact["pixel_F1max"] + 1e-12    # a real threshold's F1
+    if bins >= 2 ** 12:                                            # the bounds are not vacuous
+        assert max(bound.values()) < 5e-3
+    for k in M.IMAGE_KEYS:                                         # image metrics stay exact
+        assert got[k] == exact[k]
+
+
+def test_histogram_adapts_range_and_keeps_memory_bounded():
+    """Later batches far outside the first range: counts survive the bin merges, memory
+    stays 3 × bins, and the binned values stay within their bounds of the exact ones."""
+    rng = np.random.default_rng(3)
+    maps, masks = random_set(rng, n=9, h=16, w=16)
+    maps = maps.astype(np.float64)
+    maps[3:6] = maps[3:6] * 50 - 20                     # wider and negative
+    maps[6:] += 1e3
+    scores = maps.reshape(9, -1).max(1)
+    labels = masks.any((1, 2))
+    acc = M.MetricAccumulator(pixel_bins=4096)
+    nbytes = None
+    for i in range(9):
+        acc.update(scores[i:i + 1], labels[i:i + 1], maps[i:i + 1], masks[i:i + 1])
+        h = acc._store
+        size = h.neg.nbytes + h.pos.nbytes + h.w.nbytes
+        assert nbytes in (None, size)
+        nbytes = size
+    h = acc._store
+    assert h.num_neg == (~masks).sum() and h.num_pos == masks.sum()
+    assert h.width <= 2.05 * (maps.max() - maps.min()) / h.num_bins    # stated resolution
+    assert h.w.sum() == pytest.approx(h.num_regions)
+    exact = M.compute(scores, labels, maps, masks)
+    got, bound = acc.compute(), acc.error_bounds()
+    for k in M.PIXEL_KEYS:
+        assert abs(got[k] - exact[k]) <= bound[k] + 1e-9
+
+
+@pytest.mark.filterwarnings("ignore:.* is undefined:RuntimeWarning")
+def test_constant_and_degenerate_maps():
+    maps = np.full((2, 6, 6), 0.5, np.float32)
+    masks = np.zeros((2, 6, 6), bool)
+    masks[0, 2:4, 2:4] = True
+    for bins in (None, 256):
+        r = M.compute([0.5, 0.5], [1, 0], maps, masks, pixel_bins=bins)
+        assert r["pixel_AUROC"] == pytest.approx(0.5)
+        assert r["image_AUROC"] == pytest.approx(0.5)
+    with pytest.warns(RuntimeWarning, match="pixel AUPRO"):
+        r = M.compute([0.1, 0.2], [0, 0], maps, np.zeros_like(masks))
+    assert math.isnan(r["pixel_AUPRO"]) and math.isnan(r["pixel_AUROC"])
+
+
+def test_streaming_equals_one_shot_exact():
+    rng = np.random.default_rng(4)
+    maps, masks = random_set(rng, n=10)
+    scores, labels = maps.reshape(10, -1).max(1), masks.any((1, 2))
+    one = M.compute(scores, labels, maps, masks)
+    acc = M.MetricAccumulator(pixel_bins=None)
+    for i in range(10):
+        acc.update(torch.tensor(scores[i:i + 1]), torch.tensor(labels[i:i + 1]),
+                   torch.tensor(maps[i:i + 1])[:, None], torch.tensor(masks[i:i + 1]).float())
+    assert acc.compute() == pytest.approx(one, abs=1e-12)
+    assert acc.error_bounds() == {k: 0.0 for k in M.PIXEL_KEYS}
+    assert acc.pixel_estimator == "exact" and acc.num_images == 10
+
+
+def test_bad_inputs_raise_clear_errors():
+    acc = M.MetricAccumulator()
+    maps = np.zeros((2, 4, 4))
+    with pytest.raises(ValueError, match="together"):
+        acc.update([0.1, 0.2], [0, 1], maps, None)
+    with pytest.raises(ValueError, match="shape"):
+        acc.update([0.1, 0.2], [0, 1], maps, np.zeros((2, 4, 5)))
+    bad = maps.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update([0.1, 0.2], [0, 1], bad, np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update([np.nan, 0.2], [0, 1])
+    acc.update([0.1, 0.2], [0, 1], maps, np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="some updates"):
+        acc.update([0.1, 0.2], [0, 1])
+    with pytest.raises(ValueError, match="aupro"):
+        M.MetricAccumulator(aupro="approx")
+    with pytest.raises(ValueError, match="before any update"):
+        M.MetricAccumulator().compute()
+    with pytest.raises(ValueError, match="3 pred_scores"):
+        M.compute([0.1, 0.2, 0.3], [0, 1])
+
+
+# ----------------------------------------------------------------------------- report
+def test_evaluator_report_and_writers(tmp_path):
+    rng = np.random.default_rng(5)
+    ev = M.Evaluator(aupro="mvtec3d", pixel_bins=1024, image_score="top-1% mean")
+    truth = {}
+    for ds, classes in (("mvtec", ("bottle", "cable")), ("visa", ("candle",))):
+        for c in classes:
+            maps, masks = random_set(rng, n=6)
+            scores, labels = maps.reshape(6, -1).max(1), masks.any((1, 2))
+            name = f"{c}_{ds}"
+            # two batches, with the dataset taken from the class name
+            ev.update(scores[:3], labels[:3], [name] * 3, None, maps[:3], masks[:3])
+            ev.update(scores[3:], labels[3:], [name] * 3, [ds] * 3, maps[3:], masks[3:])
+            truth[(ds, name)] = M.compute(scores, labels, maps, masks, aupro="mvtec3d",
+                                          pixel_bins=1024)
+    rep = ev.compute()
+    assert [(r["dataset"], r["class"]) for r in rep.per_class] == sorted(truth)
+    for r in rep.per_class:
+        for k in M.METRIC_KEYS:
+            assert r[k] == pytest.approx(truth[(r["dataset"], r["class"])][k])
+    mv = [r for r in rep.per_dataset if r["dataset"] == "mvtec"][0]
+    want = np.mean([truth[("mvtec", "bottle_mvtec")]["pixel_AUPRO"],
+                    truth[("mvtec", "cable_mvtec")]["pixel_AUPRO"]])
+    assert mv["pixel_AUPRO"] == pytest.approx(want)
+    assert rep.mean_of_classes["image_AUROC"] == pytest.approx(
+        np.mean([t["image_AUROC"] for t in truth.values()]))
+    assert rep.mean_of_datasets["image_AUROC"] == pytest.approx(
+        np.mean([mv["image_AUROC"], truth[("visa", "candle_visa")]["image_AUROC"]]))
+    paths = rep.write(str(tmp_path))
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["class"] for r in rows] == ["bottle_mvtec", "cable_mvtec", "mean", "candle_visa",
+                                          "mean", "mean_of_classes", "mean_of_datasets"]
+    assert rows[0]["aupro_estimator"].startswith("mvtec3d (99 thresholds")
+    assert rows[0]["image_score"] == "top-1% mean"
+    assert rows[0]["pixel_estimator"] == "binned(1024)"
+    data = json.load(open(paths["json"]))
+    assert data["meta"]["aupro"] == "mvtec3d" and len(data["per_class"]) == 3
+    assert data["mean_of_datasets"]["pixel_AUPRO"] == pytest.approx(rep.mean_of_datasets["pixel_AUPRO"])
+    md = open(paths["md"]).read()
+    assert "AUPRO estimator: mvtec3d" in md and "image score: top-1% mean" in md
+    assert "| visa | candle_visa |" in md and "binning-error bound" in md
+
+
+def test_report_nan_classes_are_skipped_in_means():
+    ev = M.Evaluator(pixel_bins=None)
+    ev.update([0.1, 0.9], [0, 1], ["a_x", "a_x"])
+    ev.update([0.1, 0.2], [0, 0], ["b_x", "b_x"])           # no anomaly: NaN metrics
+    rep = ev.compute()
+    assert rep.mean_of_classes["image_AUROC"] == 1.0
+    js = json.loads(rep.to_json())
+    assert js["per_class"][1]["image_AUROC"] is None         # NaN → null in JSON
+    assert "–" in rep.to_markdown()

@@ -1,0 +1,179 @@
+"""Streaming metric accumulators and the :func:`compute` entry point."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .functional import (_binary, as_numpy, ap_split, auroc_split, check_aupro_args, f1max_split,
+                         region_weights)
+from .pixel import PIXEL_KEYS, ExactPixelStore, PixelHistogram
+
+__all__ = ["MetricAccumulator", "compute", "IMAGE_KEYS", "PIXEL_KEYS", "DEFAULT_PIXEL_BINS"]
+
+IMAGE_KEYS = ("image_AUROC", "image_AP", "image_F1max")
+DEFAULT_PIXEL_BINS = 2 ** 16
+
+
+def _maps_and_masks(anomaly_maps, masks, batch: int):
+    maps = as_numpy(anomaly_maps, "anomaly_maps")
+    gts = as_numpy(masks, "masks")
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if gts.ndim == 4 and gts.shape[1] == 1:
+        gts = gts[:, 0]
+    if maps.ndim != 3:
+        raise ValueError(f"anomaly_maps must be [B, H, W] (or [B, 1, H, W]), got {maps.shape}")
+    if gts.shape != maps.shape:
+        raise ValueError(f"masks {gts.shape} must have the shape of anomaly_maps {maps.shape}")
+    if maps.shape[0] != batch:
+        raise ValueError(f"{maps.shape[0]} anomaly maps but {batch} image scores")
+    if not np.issubdtype(maps.dtype, np.floating) and not np.issubdtype(maps.dtype, np.integer):
+        raise TypeError(f"anomaly_maps must be real numbers, got dtype {maps.dtype}")
+    if not np.isfinite(maps).all():
+        raise ValueError("anomaly_maps contain NaN or Inf values")
+    return maps, _binary(gts, "masks")
+
+
+class MetricAccumulator:
+    """Image and pixel metrics of one group of images, accumulated batch by batch.
+
+    ``update(pred_scores, labels, anomaly_maps=None, masks=None)`` any number of times, then
+    ``compute()`` → ``{"image_AUROC", "image_AP", "image_F1max"}`` plus, when maps and masks
+    were given, ``{"pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO"}`` (fractions in
+    [0, 1]; NaN with a warning where a metric is undefined, e.g. no defect pixel).
+
+    Args:
+        aupro: ``"exact"`` (curve through every threshold) or ``"mvtec3d"`` (99-threshold
+            MVTec 3D-AD estimator); see :mod:`unimmad.metrics.functional`.
+        pixel_bins: number of histogram bins for the pixel metrics (bounded memory,
+            ``24·pixel_bins`` bytes; binning error bounded as stated in
+            :mod:`unimmad.metrics.pixel`, see :meth:`error_bounds`), or ``None`` to keep
+            every pixel score once and compute exact values.
+        integration_limit: FPR limit of the AUPRO (0.3).
+        num_thresholds: thresholds of the ``"mvtec3d"`` estimator (99).
+
+    Image scores and labels are always kept (one float per image) and scored exactly.
+    Masks: bool as is, integers ``> 0``, floats ``> 0.5`` count as defect.
+    """
+
+    def __init__(self, aupro: str = "exact", pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS,
+                 integration_limit: float = 0.3, num_thresholds: int = 99):
+        check_aupro_args(aupro, integration_limit, num_thresholds)
+        if pixel_bins is not None and (not isinstance(pixel_bins, int) or pixel_bins < 2):
+            raise ValueError(f"pixel_bins must be None or an int >= 2, got {pixel_bins!r}")
+        self.aupro = aupro
+        self.pixel_bins = pixel_bins
+        self.integration_limit = float(integration_limit)
+        self.num_thresholds = int(num_thresholds)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._scores: List[np.ndarray] = []
+        self._labels: List[np.ndarray] = []
+        self._store = (ExactPixelStore() if self.pixel_bins is None
+                       else PixelHistogram(self.pixel_bins))
+        self._has_maps: Optional[bool] = None
+
+    @property
+    def pixel_estimator(self) -> str:
+        """``"exact"`` or ``"binned(<bins>)"``."""
+        return "exact" if self.pixel_bins is None else f"binned({self.pixel_bins})"
+
+    @property
+    def num_images(self) -> int:
+        return int(sum(s.size for s in self._scores))
+
+    def update(self, pred_scores, labels, anomaly_maps=None, masks=None) -> None:
+        """Add a batch: image scores ``[B]``, labels ``[B]`` (0 normal, 1 anomalous) and
+        optionally anomaly maps and ground-truth masks ``[B, H, W]`` (both or neither, in
+        every update alike)."""
+        s = as_numpy(pred_scores, "pred_scores").reshape(-1).astype(np.float64)
+        y = _binary(as_numpy(labels, "labels").reshape(-1), "labels")
+        if s.shape != y.shape:
+            raise ValueError(f"{s.size} pred_scores but {y.size} labels")
+        if not np.isfinite(s).all():
+            raise ValueError("pred_scores contain NaN or Inf values")
+        has_maps = anomaly_maps is not None or masks is not None
+        if has_maps and (anomaly_maps is None or masks is None):
+            raise ValueError("anomaly_maps and masks must be given together")
+        if self._has_maps is not None and has_maps != self._has_maps:
+            raise ValueError(
+                "anomaly_maps/masks were given in some updates but not in others; pixel "
+                "metrics need them for every image")
+        if has_maps:
+            maps, gts = _maps_and_masks(anomaly_maps, masks, s.size)
+            for m, g in zip(maps, gts):
+                w, n = region_weights(g)
+                self._store.add(m[~g], m[g], w, n)
+        self._has_maps = has_maps
+        self._scores.append(s)
+        self._labels.append(y)
+
+    def compute(self) -> Dict[str, float]:
+        """The metrics dict (see the class docstring)."""
+        if not self._scores:
+            raise ValueError("MetricAccumulator.compute() called before any update()")
+        s = np.concatenate(self._scores)
+        y = np.concatenate(self._labels)
+        neg, pos = np.sort(s[~y]), np.sort(s[y])
+        out = {"image_AUROC": auroc_split(neg, pos, "image AUROC"),
+               "image_AP": ap_split(neg, pos, "image AP"),
+               "image_F1max": f1max_split(neg, pos, "image F1-max")}
+        if self._has_maps:
+            out.update(self._store.metrics(self.aupro, self.integration_limit,
+                                           self.num_thresholds))
+        return out
+
+    def error_bounds(self) -> Dict[str, float]:
+        """Upper bounds of the binning error of each pixel metric (0 in exact mode)."""
+        if not self._has_maps:
+            return {}
+        return self._store.error_bounds(self.aupro, self.integration_limit, self.num_thresholds)
+
+
+def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "exact", *,
+            pixel_bins: Optional[int] = None, integration_limit: float = 0.3,
+            num_thresholds: int = 99, chunk_size: int = 64,
+            progress: Optional[bool] = None) -> Dict[str, float]:
+    """Image (and pixel) metrics of one set of images.
+
+    Args:
+        pred_scores: image scores ``[N]`` (name the reduction that produced them when you
+            report results: UniMMAD's default is the mean of the top 0.1 % map pixels).
+        labels: ``[N]``, 0 normal / 1 anomalous.
+        anomaly_maps, masks: ``[N, H, W]`` maps and ground-truth masks (both or neither).
+        aupro: ``"exact"`` or ``"mvtec3d"`` (see :mod:`unimmad.metrics.functional`).
+        pixel_bins: ``None`` (default here: exact, the arrays are in memory already) or a
+            bin count for the bounded-memory binned estimator.
+        integration_limit, num_thresholds: AUPRO FPR limit (0.3) and the ``"mvtec3d"``
+            threshold count (99).
+        chunk_size: images handed to the accumulator at a time.
+        progress: tqdm bar over the images (``None``: only on a terminal).
+
+    Returns:
+        ``{"image_AUROC", "image_AP", "image_F1max"}`` and, with maps and masks,
+        ``{"pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO"}``.
+    """
+    acc = MetricAccumulator(aupro, pixel_bins, integration_limit, num_thresholds)
+    s = as_numpy(pred_scores, "pred_scores").reshape(-1)
+    y = as_numpy(labels, "labels").reshape(-1)
+    if anomaly_maps is None and masks is None:
+        acc.update(s, y)
+        return acc.compute()
+    if anomaly_maps is None or masks is None:
+        raise ValueError("anomaly_maps and masks must be given together")
+    maps = as_numpy(anomaly_maps, "anomaly_maps")
+    gts = as_numpy(masks, "masks")
+    if maps.shape[0] != s.size or gts.shape[0] != s.size:
+        raise ValueError(
+            f"{s.size} pred_scores but {maps.shape[0]} anomaly maps and {gts.shape[0]} masks")
+    disable = None if progress is None else not progress
+    with tqdm(total=s.size, desc="pixel metrics", unit="img", disable=disable) as bar:
+        for i in range(0, s.size, chunk_size):
+            j = min(i + chunk_size, s.size)
+            acc.update(s[i:j], y[i:j], maps[i:j], gts[i:j])
+            bar.update(j - i)
+    return acc.compute()
