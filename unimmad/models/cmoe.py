@@ -54,14 +54,24 @@ class CMoEAux:
     probs: List[torch.Tensor] = field(default_factory=list)
 
 
-def balance_loss(logits: torch.Tensor, probs: torch.Tensor, z_weight: float) -> torch.Tensor:
+def balance_loss(logits: torch.Tensor, probs: torch.Tensor, z_weight: float,
+                 reduce=None) -> torch.Tensor:
     """Load-balance loss of one router: squared coefficient of variation of the mean
-    routing probability per leader (population variance), plus the router z-loss."""
+    routing probability per leader (population variance), plus the router z-loss.
+
+    ``reduce(prob_sum [L], z_sum [], count [])`` may replace the local sums by sums over
+    several processes (a differentiable all-reduce), so that data-parallel training
+    balances the experts over the global batch exactly as one process would.
+    """
     acc = torch.promote_types(logits.dtype, torch.float32)
-    importance = probs.to(acc).mean(0)
+    prob_sum = probs.to(acc).sum(0)
+    z_sum = torch.logsumexp(logits.to(acc), dim=1).pow(2).sum()
+    count = prob_sum.new_tensor(float(probs.shape[0]))
+    if reduce is not None:
+        prob_sum, z_sum, count = reduce(prob_sum, z_sum, count)
+    importance = prob_sum / count
     cv2 = importance.var(correction=0) / (importance.mean() ** 2 + 1e-10)
-    z = torch.logsumexp(logits.to(acc), dim=1).pow(2).mean()
-    return cv2 + z_weight * z
+    return cv2 + z_weight * z_sum / count
 
 
 def compose_leader_kernels(base: torch.Tensor, leaders: torch.Tensor,
@@ -114,14 +124,15 @@ class CMoEBranch(nn.Module):
         self.post = nn.Conv2d(2 * E, E, 1, bias=False)
         self.post_norm = GroupNormReLU(E)
 
-    def route(self, g: torch.Tensor, z_weight: float):
-        """Router on the condition vector ``g [U, E]`` → (indices, scores, probs, loss)."""
+    def route(self, g: torch.Tensor, z_weight: float, reduce=None):
+        """Router on the condition vector ``g [U, E]`` → (indices, scores, probs, loss);
+        ``reduce`` as in :func:`balance_loss`."""
         logits = self.router(g)
         acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 or better
         probs = torch.softmax(logits.to(acc) / self.temperature, dim=1)
         top, indices = probs.topk(self.top_k, dim=1)
         scores = top / top.sum(1, keepdim=True)
-        return indices, scores, probs, balance_loss(logits, probs, z_weight)
+        return indices, scores, probs, balance_loss(logits, probs, z_weight, reduce)
 
     def filter_reference(self, x: torch.Tensor, unit_to_sample: torch.Tensor,
                          indices: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -170,6 +181,8 @@ class CMoE(nn.Module):
             CMoEBranch(E, k, num_base_experts, num_leaders, top_k, temperature,
                        base_expert_std, leader_std) for k in self.kernel_sizes)
         self.aggregate = ConvGN(len(self.kernel_sizes) * E, in_channels, 1)
+        # Set by the training engine under data parallelism (see balance_loss).
+        self.balance_reduce = None
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, embed_dim={self.embed_dim}, "
@@ -235,7 +248,8 @@ class CMoE(nn.Module):
         losses = []
         for branch in self.branches:
             x = branch.value(key)
-            indices, scores, probs, loss = branch.route(g, self.z_loss_weight)
+            indices, scores, probs, loss = branch.route(g, self.z_loss_weight,
+                                                        self.balance_reduce)
             y = self.branch_filter(branch, x, unit_to_sample, indices, scores.to(x.dtype))
             outs.append(branch.post_norm(y))
             aux.indices.append(indices)

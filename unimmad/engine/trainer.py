@@ -1,0 +1,328 @@
+"""Training loop (SPEC §1 Training, paper §3.4): Adam, cosine schedule, L_Dec + annealed
+L_MoE, class-balanced sampling with per-sample loss weights, optional bf16 autocast over
+the whole model and gradient clipping, atomic checkpoints with exact resumption, logged
+loss parts and expert-usage histograms, and DistributedDataParallel under ``torchrun``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.multi import collate
+from ..models.cmoe import CMoE
+from ..models.model import UniMMAD
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .continual import freeze_for_continual
+from .distributed import (DistInfo, DistributedClassBalancedSampler, all_reduce_sum,
+                          balance_reducer)
+
+__all__ = ["TrainConfig", "Trainer", "LossModule", "resolve_device"]
+
+
+@dataclass
+class TrainConfig:
+    """Training options (defaults: the paper's recipe).
+
+    epochs: training epochs (200). batch_size: the *global* batch (10); under
+    ``torchrun`` each of W ranks takes ``batch_size / W``. optimizer: ``"adam"`` (the
+    paper's) or ``"sgd"`` (momentum 0.9). lr, betas, weight_decay: (1e-3, (0.9, 0.999), 0).
+    Cosine decay of the learning rate to 0 over all steps.
+    grad_clip: max global gradient norm (``None``: no clipping). bf16: autocast the
+    whole model to bfloat16. accelerate: use the fused kernels (``unimmad.accelerate``).
+    samples_per_epoch: class-balanced draws per epoch (default: the dataset size).
+    freeze_batchnorm: keep every BatchNorm in eval mode (running statistics frozen).
+    continual: train only the continual-learning subset (paper §4.5; < 10 % of the
+    parameters). out_dir: checkpoints (``last.pt``) and ``log.jsonl``.
+    checkpoint_every: epochs between checkpoints. log_every: steps between log lines.
+    """
+
+    epochs: int = 200
+    batch_size: int = 10
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None
+    bf16: bool = False
+    accelerate: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    samples_per_epoch: Optional[int] = None
+    freeze_batchnorm: bool = False
+    continual: bool = False
+    out_dir: str = "runs/unimmad"
+    checkpoint_every: int = 1
+    log_every: int = 10
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {unknown}")
+        return cls(**d)
+
+
+def resolve_device(name: str, dist_info: Optional[DistInfo] = None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info.local_rank if dist_info else 0)
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+class LossModule(nn.Module):
+    """The training objective as a module, so DistributedDataParallel sees the forward
+    (calling ``model.loss`` directly would bypass DDP's gradient synchronisation)."""
+
+    def __init__(self, model: UniMMAD, dist_info: DistInfo):
+        super().__init__()
+        self.model = model
+        self.dist_info = dist_info
+
+    def forward(self, images, num_modalities, sample_weight, epoch: float, total_epochs: float):
+        total, parts = self.model.loss(images, num_modalities, sample_weight, epoch, total_epochs)
+        units = parts["output"].unit_to_sample.numel()
+        if self.dist_info.enabled:
+            # L_Dec is a mean over units: weight this rank by its share of the global units.
+            count = torch.tensor([float(units)], device=images.device)
+            global_units = float(all_reduce_sum(count.clone()).item())
+            scale = units * self.dist_info.world_size / global_units
+            total = parts["dec"] * scale + parts["moe"]
+            parts["dec_global"] = all_reduce_sum(parts["dec"].detach() * units) / global_units
+        else:
+            parts["dec_global"] = parts["dec"].detach()
+        parts["dec_global"] = parts["dec_global"].detach()
+        parts["units"] = units
+        return total, parts
+
+
+def _cosine(total_steps: int):
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+class Trainer:
+    """Trains a :class:`~unimmad.UniMMAD` on a dataset of unified samples.
+
+    Args:
+        model: the model (moved to the device; accelerated in place when
+            ``config.accelerate``).
+        train_set: a dataset of unified samples exposing ``class_names`` (e.g.
+            :class:`~unimmad.data.MultiDataset`).
+        config: :class:`TrainConfig`.
+        dist_info: from :func:`~unimmad.engine.distributed.init_distributed` (default: one
+            process).
+
+    ``fit()`` trains to ``config.epochs`` (resuming from ``resume(path)`` if called);
+    only rank 0 writes checkpoints and logs.
+    """
+
+    def __init__(self, model: UniMMAD, train_set, config: TrainConfig,
+                 dist_info: Optional[DistInfo] = None):
+        if not isinstance(model, UniMMAD):
+            raise TypeError(f"Trainer needs a unimmad.UniMMAD, got {type(model).__name__}")
+        if len(train_set) == 0:
+            raise ValueError("the training set is empty")
+        self.config = cfg = config
+        self.dist = dist_info or DistInfo()
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} must divide by the number of "
+                             f"processes {self.dist.world_size}")
+        self.device = resolve_device(cfg.device, self.dist)
+        self.model = model.to(self.device)
+        if cfg.accelerate:
+            from .. import accelerate
+            accelerate(self.model)
+        if cfg.continual:
+            self.trainable_share = freeze_for_continual(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_share = sum(p.numel() for p in params) / sum(
+            p.numel() for p in self.model.parameters())
+        if self.dist.enabled:
+            for m in self.model.modules():
+                if isinstance(m, CMoE):
+                    m.balance_reduce = balance_reducer
+            if self.device.type == "cuda":
+                for name in ("embedding", "encoder", "fcm", "cmoe"):
+                    setattr(self.model, name,
+                            nn.SyncBatchNorm.convert_sync_batchnorm(getattr(self.model, name)))
+        self.loss_module = LossModule(self.model, self.dist)
+        self.wrapped = self.loss_module
+        if self.dist.enabled:
+            self.wrapped = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_set = train_set
+        self.sampler = DistributedClassBalancedSampler(
+            train_set, cfg.samples_per_epoch, cfg.seed, self.dist.rank, self.dist.world_size)
+        self.loader = DataLoader(train_set, batch_size=cfg.batch_size // self.dist.world_size,
+                                 sampler=self.sampler, collate_fn=collate,
+                                 num_workers=cfg.num_workers, drop_last=True,
+                                 persistent_workers=cfg.num_workers > 0)
+        if len(self.loader) == 0:
+            raise ValueError(f"samples_per_epoch ({len(self.sampler) * self.dist.world_size}) is "
+                             f"smaller than one batch ({cfg.batch_size})")
+        if cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas,
+                                              weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9,
+                                             weight_decay=cfg.weight_decay)
+        self.total_steps = cfg.epochs * len(self.loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(self.total_steps))
+        self.epoch = 0
+        self.step = 0
+        self.keep_grads = None  # a list to record each step's gradients (tests, debugging)
+        self.log_path = os.path.join(cfg.out_dir, "log.jsonl")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                "step": self.step, "rng": rng_state(),
+                "model_config": self.model.config.to_dict(),
+                "train_config": dataclasses.asdict(self.config)}
+
+    def save(self, path: Optional[str] = None) -> Optional[str]:
+        """Write a checkpoint atomically (rank 0 only); returns its path."""
+        path = path or os.path.join(self.config.out_dir, "last.pt")
+        if self.dist.is_main:
+            atomic_save(self.state_dict(), path)
+        return path
+
+    def resume(self, path: str) -> None:
+        """Continue exactly where the checkpoint at ``path`` stopped."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ training
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.config.freeze_batchnorm:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def _log(self, record: Dict) -> None:
+        if not self.dist.is_main:
+            return
+        os.makedirs(self.config.out_dir, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train_step(self, batch: Dict, usage: Optional[Dict] = None) -> Dict[str, float]:
+        """One optimisation step on a collated batch; returns the logged loss parts."""
+        cfg = self.config
+        images = batch["images"].to(self.device, non_blocking=True)
+        nm = batch["num_modalities"].to(self.device)
+        weight = batch["sample_weight"].to(self.device)
+        epoch_pos = self.epoch + (self.step % len(self.loader)) / len(self.loader)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            total, parts = self.wrapped(images, nm, weight, epoch_pos, cfg.epochs)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.keep_grads is not None:
+            self.keep_grads.append({n: p.grad.detach().clone() for n, p in
+                                    self.model.named_parameters() if p.grad is not None})
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if usage is not None:
+            for lvl, aux in enumerate(parts["output"].aux):
+                for br, idx in enumerate(aux.indices):
+                    key = (lvl, br)
+                    counts = torch.bincount(idx.flatten(), minlength=aux.probs[br].shape[1])
+                    usage[key] = usage.get(key, 0) + counts.cpu()
+        out = {"loss": float(parts["dec_global"] + parts["moe"].detach()),
+               "dec": float(parts["dec_global"]), "moe": float(parts["moe"].detach()),
+               "balance": float(parts["balance"].detach()), "anneal": float(parts["anneal"]),
+               "lr": self.scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        if not all(math.isfinite(v) for v in out.values()):
+            raise FloatingPointError(f"non-finite training loss at step {self.step}: {out}")
+        return out
+
+    def fit(self, stop_after_epochs: Optional[int] = None) -> List[Dict]:
+        """Train from the current epoch to ``config.epochs`` (or stop after
+        ``stop_after_epochs`` more); returns the per-epoch summaries."""
+        cfg = self.config
+        summaries = []
+        last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs,
+                                                                 self.epoch + stop_after_epochs)
+        show = cfg.progress and self.dist.is_main
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        while self.epoch < last:
+            self._set_train_mode()
+            self.sampler.set_epoch(self.epoch)
+            usage: Dict = {}
+            sums: Dict[str, float] = {}
+            start = time.time()
+            batches = self.loader
+            if tqdm is not None:
+                batches = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                               disable=not show, leave=False, file=sys.stderr)
+            n = 0
+            for batch in batches:
+                parts = self.train_step(batch, usage)
+                n += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.step % cfg.log_every == 0:
+                    self._log({"type": "step", "epoch": self.epoch, "step": self.step, **parts})
+                if tqdm is not None and show:
+                    batches.set_postfix(loss=f"{parts['loss']:.4f}")
+            self.epoch += 1
+            hist = {}
+            for (lvl, br), counts in sorted(usage.items()):
+                counts = all_reduce_sum(counts.to(self.device)) if self.dist.enabled else counts
+                hist.setdefault(f"level{lvl + 1}", {})[f"k{self.model.cmoe[lvl].kernel_sizes[br]}"] = \
+                    counts.cpu().tolist()
+            summary = {"type": "epoch", "epoch": self.epoch, "steps": n,
+                       "seconds": time.time() - start,
+                       **{k: v / max(n, 1) for k, v in sums.items()}, "expert_usage": hist}
+            summaries.append(summary)
+            self._log(summary)
+            if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                self.save()
+            if self.dist.enabled:
+                dist.barrier()
+        return summaries
