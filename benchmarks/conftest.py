@@ -19,5 +19,7 @@ def bench_env():
 
 @pytest.fixture
 def benchmarks_enabled(request):
-    """False when run with --benchmark-disable (the CI smoke run: each case runs once)."""
-    return not request.config.getoption("benchmark_disable", False)
+    """False in the smoke run (pytest.ini's --benchmark-disable: each case runs once); True
+    when --benchmark-enable overrides it."""
+    opt = request.config.getoption
+    return bool(opt("benchmark_enable", False)) or not opt("benchmark_disable", False)

@@ -18,8 +18,9 @@ from unimmad.benchmeta import environment
 print(json.dumps(environment("cuda" if torch.cuda.is_available() else "cpu"), indent=2))
 PY
 # 1. parity on the GPU (one kernel config: compile time, not speed, matters here)
-UNIMMAD_AUTOTUNE=0 timeout 150 $PY -m pytest -q -p no:cacheprovider -m "gpu or interpreter" \
-  tests/test_gpu_cmoe.py tests/test_triton_kernels.py --junitxml="$OUT/gpu_tests.xml" \
+UNIMMAD_AUTOTUNE=0 timeout 180 $PY -m pytest -q -p no:cacheprovider -m "gpu or interpreter" \
+  tests/test_gpu_cmoe.py tests/test_triton_kernels.py tests/test_anomaly_map_kernels.py \
+  --junitxml="$OUT/gpu_tests.xml" \
   2>&1 | tail -n 40 || status=1
 # 2. memory check of one small fused C-MoE launch (forward + backward)
 if command -v compute-sanitizer >/dev/null 2>&1; then
@@ -43,8 +44,8 @@ else
   echo "compute-sanitizer not found: memcheck skipped" | tee "$OUT/memcheck.txt"
 fi
 # 3. benchmarks
-timeout 120 $PY -m benchmarks.gpu_cmoe --out "$OUT" 2>&1 | tail -n 60 || status=1
-timeout 90 $PY -m benchmarks.gpu_model --out "$OUT" 2>&1 | tail -n 40 || status=1
+timeout 110 $PY -m benchmarks.gpu_cmoe --out "$OUT" 2>&1 | tail -n 60 || status=1
+timeout 80 $PY -m benchmarks.gpu_model --out "$OUT" 2>&1 | tail -n 40 || status=1
 if [ -f benchmarks/gpu_anomaly_map.py ]; then
   timeout 45 $PY -m benchmarks.gpu_anomaly_map --out "$OUT" 2>&1 | tail -n 30 || status=1
 fi

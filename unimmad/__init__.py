@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 
 def accelerate(model, backend: str = "auto"):
     """Swap every C-MoE of ``model`` for :class:`kernels.FastCMoE` in place (fused
-    collapse + fold kernels; Triton on CUDA, the torch fast path elsewhere); returns
-    ``model``.  See :func:`kernels.accelerate`."""
+    collapse + fold kernels) and, for a :class:`UniMMAD`, its anomaly-map, image-score and
+    decompression-loss functions for the fused ones (Triton on CUDA, the torch fast path
+    elsewhere); returns ``model``.  See :func:`kernels.accelerate`."""
     from kernels import accelerate as _accelerate
     return _accelerate(model, backend)
 

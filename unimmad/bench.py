@@ -9,6 +9,9 @@ Sections (``--sections``):
   that fails the SPEC §3 tolerance is reported as FAIL, never with a speedup.
 * ``cmoe`` — one C-MoE per level (paper formulation vs the fused path) on the units of the
   same batch shape; peak tensor memory from the allocator (GPU) or profiler (CPU).
+* ``map`` — anomaly map + image score alone (``unimmad.anomaly_map`` vs
+  ``kernels.anomaly_map``) on the three levels' features of the same units, with the
+  achieved bandwidth against the bytes that must move (u and p read once).
 
 Output: a printed table, ``bench.json`` and ``bench.md`` in ``--out``.
 """
@@ -34,7 +37,7 @@ from .config import UniMMADConfig
 __all__ = ["add_arguments", "run", "main", "make_inputs", "parity_tolerance"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SECTIONS = ("model", "cmoe")
+SECTIONS = ("model", "cmoe", "map")
 MODEL_PROVIDERS = ("reference", "accelerated")
 
 
@@ -314,6 +317,54 @@ def cmoe_section(args, cfg, device, dtype) -> List[Dict]:
     return rows
 
 
+def map_section(args, cfg, device, dtype) -> List[Dict]:
+    """Anomaly map + image score of ``batch × modalities`` units, reference vs fused."""
+    import kernels
+    from .scoring import anomaly_map, image_score
+
+    units, samples = args.batch * args.modalities, args.batch
+    g = torch.Generator().manual_seed(args.seed)
+    uts = torch.arange(samples, device=device).repeat_interleave(args.modalities)
+    feats = [[torch.randn(units, C, S, S, generator=g).relu().to(device=device, dtype=dtype)
+              for C, S in zip(cfg.level_channels, cfg.level_sizes)] for _ in range(2)]
+    priors, preds = feats
+    nbytes = sum(t.numel() * t.element_size() for t in priors + preds)
+    kw = dict(num_samples=samples, mode=cfg.map_mode, sigma=cfg.blur_sigma,
+              kernel_size=cfg.blur_kernel_size)
+    def pair(map_fn, score_fn):
+        def run():
+            amap = map_fn(priors, preds, uts, cfg.image_size, **kw)
+            return amap, score_fn(amap, cfg.top_fraction)
+        return run
+    providers = {"reference": pair(anomaly_map, image_score),
+                 "fast": pair(kernels.anomaly_map, kernels.image_score)}
+    rows, ref_out, ref_ms = [], None, None
+    tol = parity_tolerance(dtype, device)
+    for name, fn in providers.items():
+        def call(fn=fn):
+            with torch.inference_mode():
+                return fn()
+        times, out = _time_calls(call, device, args.warmup, args.iters, f"map/{name}",
+                                 not args.quiet)
+        row = {"section": "map", "provider": name if name == "reference" else
+               f"fast ({kernels.ops.resolve_backend('auto', device)})", "batch": samples,
+               "modalities": args.modalities, "units": units, "dtype": args.dtype,
+               "times_s": times}
+        row.update(summarize(times, samples))
+        row["gbps"] = nbytes / (row["latency_median_ms"] * 1e-3) / 1e9
+        row["peak_memory_mb"] = peak_memory_mb(call, device)
+        row["peak_memory_kind"] = ("cuda_max_allocated" if device.type == "cuda"
+                                   else "tensor_allocations")
+        out = [t.float().cpu() for t in out]
+        if name == "reference":
+            ref_out, ref_ms = out, row["latency_median_ms"]
+            _judge(row, None, tol, ref_ms)
+        else:
+            _judge(row, max(rel_err(a, b) for a, b in zip(out, ref_out)), tol, ref_ms)
+        rows.append(row)
+    return rows
+
+
 def _log(msg: str) -> None:
     print(f"[unimmad bench] {msg}", file=sys.stderr, flush=True)
 
@@ -341,7 +392,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parameter and input dtype")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sections", type=_csv("sections"), default=list(SECTIONS),
-                   help="comma list of: model (end-to-end), cmoe (one C-MoE per level)")
+                   help="comma list of: model (end-to-end), cmoe (one C-MoE per level), "
+                   "map (anomaly map + image score)")
     p.add_argument("--providers", type=_csv("providers"), default=list(MODEL_PROVIDERS),
                    help="model providers: reference, accelerated (unimmad.accelerate)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per measurement")
@@ -390,6 +442,8 @@ def run(args: argparse.Namespace) -> Dict:
         rows += model_section(args, cfg, device, base_job)
     if "cmoe" in args.sections:
         rows += cmoe_section(args, cfg, device, DTYPES[args.dtype])
+    if "map" in args.sections:
+        rows += map_section(args, cfg, device, DTYPES[args.dtype])
     record = {"meta": environment(device), "preset": args.preset, "config": cfg.to_dict(),
               "args": {k: v for k, v in vars(args).items() if k != "func"}, "results": rows}
     os.makedirs(args.out, exist_ok=True)
@@ -411,7 +465,8 @@ COLUMNS = [
     ("params", "params", "{:,}"), ("params_mb", "params MB", "{:.2f}"),
     ("activated_params_per_unit", "active params/unit", "{:,}"),
     ("gflops_fvcore_per_sample", "GFLOPs/sample (fvcore)", "{:.1f}"),
-    ("gflop", "GFLOP", "{:.1f}"), ("parity_rel_err", "rel. err", "{:.1e}"),
+    ("gflop", "GFLOP", "{:.1f}"), ("gbps", "GB/s", "{:.1f}"),
+    ("parity_rel_err", "rel. err", "{:.1e}"),
     ("status", "status", "{}"), ("speedup", "speedup", "{:.2f}×"),
 ]
 
@@ -437,7 +492,8 @@ def to_markdown(record: Dict) -> str:
               "uses K composed leader kernels where N base experts are stored; the paper's "
               "Table 6 convention). GFLOPs/sample (fvcore): fvcore's count, one multiply-add "
               "= one FLOP, fused ops counted by their multiply-adds. GFLOP (cmoe rows): 2 FLOPs "
-              "per multiply-add (analytic, SPEC §2). Speedups are shown only where the output matches the "
+              "per multiply-add (analytic, SPEC §2). GB/s (map rows): bytes of u and p (read once) "
+              "per second. Speedups are shown only where the output matches the "
               "reference of the same run within SPEC §3 (rel. err ≤ tolerance)."]
     return "\n".join(lines) + "\n"
 
