@@ -148,7 +148,7 @@ def build(results_dir: str, out_md: str, out_png: str) -> str:
         points += pts
     if plot(points, out_png):
         rel = os.path.relpath(out_png, os.path.dirname(out_md))
-        parts[5:5] = [f"![throughput vs batch size]({rel})", ""]
+        parts[4:4] = [f"![throughput vs batch size]({rel})", ""]
     text = "\n".join(parts) + "\n"
     with open(out_md, "w") as f:
         f.write(text)
