@@ -60,7 +60,7 @@ import torch
 from unimmad.scoring import gaussian_kernel1d
 
 from . import amap_torch
-from .triton_impl import AUTOTUNE, HAVE_TRITON, INTERPRET, _check_out, check_usable
+from .triton_impl import AUTOTUNE, HAVE_TRITON, INTERPRET, _output, check_usable
 
 if HAVE_TRITON:
     import triton
@@ -322,9 +322,7 @@ def cosine_maps(priors: Sequence[torch.Tensor], predictions: Sequence[torch.Tens
     for u in priors:
         cum.append(cum[-1] + u.shape[2] * u.shape[3])
     shape = (max(U * cum[-1], 1),)
-    a = _check_out(out, shape, torch.float32, priors[0].device)
-    if a is None:
-        a = torch.empty(shape, dtype=torch.float32, device=priors[0].device)
+    a = _output(out, shape, torch.float32, priors[0].device)
     if U:
         for u, p, off in zip(priors, predictions, cum):
             _launch_cos(u, p, a, U * off, a, loss=False)
@@ -401,11 +399,7 @@ def combine_maps(a: torch.Tensor, dims: Sequence[Tuple[int, int]], unit_to_sampl
     meta, mats, wins, gtile, win, halo, r = _plan(size, tuple(dims), mode, float(sigma),
                                                   int(kernel_size), device)
     order, offsets = _csr(unit_to_sample, num_samples)
-    out = _check_out(out, (num_samples, H, W), torch.float32, device)
-    if out is None:
-        out = torch.empty(num_samples, H, W, dtype=torch.float32, device=device)
-    elif not out.is_contiguous():
-        raise ValueError("out must be contiguous")
+    out = _output(out, (num_samples, H, W), torch.float32, device)
     if num_samples == 0:
         return out
     n_tx = triton.cdiv(W, TILE)
@@ -440,9 +434,7 @@ def image_score(anomaly_map: torch.Tensor, k: int,
     if k > MAX_TOPK:
         res = x.float().topk(k, dim=1).values.mean(1)
         return res if out is None else out.copy_(res)
-    out = _check_out(out, (B,), torch.float32, x.device)
-    if out is None:
-        out = torch.empty(B, dtype=torch.float32, device=x.device)
+    out = _output(out, (B,), torch.float32, x.device)
     if B == 0:
         return out
     kp = triton.next_power_of_2(k)

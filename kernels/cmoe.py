@@ -63,8 +63,7 @@ def dynamic_filter(x: torch.Tensor, unit_to_sample: torch.Tensor, fixed: torch.T
     B = x.shape[0]
     U = unit_to_sample.shape[0]
     k = fixed.shape[-1]
-    backend = ops.resolve_backend(backend, x.device)
-    backend = "torch" if backend == "reference" else backend
+    backend = ops.kernel_backend(backend, x.device)
     mixed = ops.compose(ops.to_bank(base, backend), leaders, indices, scores, backend)
     bank = torch.cat([ops.to_bank(fixed, backend).unsqueeze(0).to(mixed.dtype), mixed], 0)
     dev = x.device

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from . import torch_impl, triton_impl
 
-__all__ = ["dyn_conv", "compose", "mix", "resolve_backend", "default_precision", "to_bank",
-           "BACKENDS"]
+__all__ = ["dyn_conv", "compose", "mix", "resolve_backend", "kernel_backend",
+           "default_precision", "to_bank", "BACKENDS"]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
@@ -36,6 +36,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 "TRITON_INTERPRET=1 set before importing kernels, for the CPU interpreter); "
                 "use backend='torch' or 'auto'")
     return backend
+
+
+def kernel_backend(backend: str, device: torch.device) -> str:
+    """The implementation a fused op runs: :func:`resolve_backend`, with ``"reference"``
+    (meaningful for whole layers) served by the torch implementation."""
+    backend = resolve_backend(backend, device)
+    return "torch" if backend == "reference" else backend
 
 
 def to_bank(w: Tensor, backend: str) -> Tensor:
@@ -128,11 +135,9 @@ def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, 
     Differentiable in ``x`` and ``weight``.  ``same_samples``/``same_weights`` promise the
     index is ``arange`` (lets the torch backend skip a gather).
     """
-    backend = resolve_backend(backend, x.device)
-    if backend == "reference":
-        backend = "torch"
     return _dyn_conv(x, weight, job_sample, job_weight, int(k), bool(same_samples),
-                     bool(same_weights), backend, precision or default_precision())
+                     bool(same_weights), kernel_backend(backend, x.device),
+                     precision or default_precision())
 
 
 # ----------------------------------------------------------------------------- compose
@@ -181,8 +186,7 @@ def compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor,
     """Mixed routed kernel per unit (MoE-in-MoE composition + collapse of the top-K):
     base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
     Differentiable in ``base``, ``leaders`` and ``scores``."""
-    backend = resolve_backend(backend, base.device)
-    return _compose(base, leaders, idx, scores, "torch" if backend == "reference" else backend)
+    return _compose(base, leaders, idx, scores, kernel_backend(backend, base.device))
 
 
 # ----------------------------------------------------------------------------- mix
@@ -224,5 +228,4 @@ _mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 def mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str = "auto") -> Tensor:
     """Folded per-unit kernels ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``:
     g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three."""
-    backend = resolve_backend(backend, bank.device)
-    return _mix(g0, bank, idx, scores, "torch" if backend == "reference" else backend)
+    return _mix(g0, bank, idx, scores, kernel_backend(backend, bank.device))

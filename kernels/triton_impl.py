@@ -244,12 +244,15 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
-def _check_out(out, shape, dtype, device):
+def _output(out, shape, dtype, device, contiguous: bool = True, **empty_kw):
+    """``out`` checked against shape/dtype/device (and contiguity), or a new tensor."""
     if out is None:
-        return None
+        return torch.empty(shape, dtype=dtype, device=device, **empty_kw)
     if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
         raise ValueError(f"out must be {tuple(shape)} {dtype} on {device}, got "
                          f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    if contiguous and not out.is_contiguous():
+        raise ValueError("out must be contiguous")
     return out
 
 
@@ -267,10 +270,8 @@ def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
         raise ValueError(f"weight bank R={R} does not match k={k}, Ci={Ci}")
     J = job_sample.shape[0]
     weight = weight.contiguous()
-    y = _check_out(out, (J, Co, H, W), x.dtype, x.device)
-    if y is None:
-        y = torch.empty((J, Co, H, W), device=x.device, dtype=x.dtype,
-                        memory_format=torch.channels_last)
+    y = _output(out, (J, Co, H, W), x.dtype, x.device, contiguous=False,
+                memory_format=torch.channels_last)
     if J == 0:
         return y
     grid = lambda meta: (triton.cdiv(Co, meta["BLOCK_N"]), triton.cdiv(H * W, meta["BLOCK_M"]), J)
@@ -327,11 +328,7 @@ def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
     check_usable(base, leaders)
     N, Co, R = base.shape
     U, K = idx.shape
-    out = _check_out(out, (U, Co, R), base.dtype, base.device)
-    if out is None:
-        out = torch.empty((U, Co, R), device=base.device, dtype=base.dtype)
-    elif not out.is_contiguous():
-        raise ValueError("out must be contiguous")
+    out = _output(out, (U, Co, R), base.dtype, base.device)
     if U == 0:
         return out
     BLOCK_O, BLOCK_R = (16, 32) if INTERPRET else (32, 128)
@@ -349,11 +346,7 @@ def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
     check_usable(g0, bank)
     Co, R = g0.shape
     U, K = idx.shape
-    out = _check_out(out, (U, Co, R), bank.dtype, bank.device)
-    if out is None:
-        out = torch.empty((U, Co, R), device=bank.device, dtype=bank.dtype)
-    elif not out.is_contiguous():
-        raise ValueError("out must be contiguous")
+    out = _output(out, (U, Co, R), bank.dtype, bank.device)
     if U == 0:
         return out
     BLOCK = 1024 if INTERPRET else 2048

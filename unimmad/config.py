@@ -10,7 +10,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-__all__ = ["UniMMADConfig"]
+__all__ = ["UniMMADConfig", "dataclass_from_dict"]
+
+
+def dataclass_from_dict(cls, d: dict):
+    """``cls(**d)``, refusing unknown keys with a message that names them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {unknown}")
+    return cls(**d)
 
 
 @dataclass
@@ -129,11 +138,7 @@ class UniMMADConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UniMMADConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown UniMMADConfig field(s): {unknown}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -27,6 +27,8 @@ keeps them in ``dataset.skipped``.
 """
 from __future__ import annotations
 
+import abc
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +81,7 @@ class Record:
     dataset: Optional[str] = None
 
 
-class AnomalyDataset(Dataset):
+class AnomalyDataset(Dataset, abc.ABC):
     """Base reader: indexing hooks, checks, preprocessing and the unified sample.
 
     Subclasses set ``dataset_name`` and ``SPLITS`` and implement :meth:`_index` (and
@@ -130,9 +132,9 @@ class AnomalyDataset(Dataset):
         self._check_classes()
 
     # ------------------------------------------------------------------ subclass hooks
+    @abc.abstractmethod
     def _index(self, classes: Optional[List[str]]) -> Iterable[Record]:
         """Yield the split's records; fill ``self.class_dirs`` {class: folder}."""
-        raise NotImplementedError
 
     def read_modality(self, modality: str, path: str, record: Record) -> ModalityImage:
         """Read one modality file (default: images via Pillow, ``.tiff`` depth as an

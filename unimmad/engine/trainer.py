@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import dataclass_from_dict
 from ..data.multi import collate
 from ..models.cmoe import CMoE
 from ..models.model import UniMMAD
@@ -81,11 +82,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {unknown}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def resolve_device(name: str, dist_info: Optional[DistInfo] = None) -> torch.device:
@@ -162,7 +159,7 @@ class Trainer:
             from .. import accelerate
             accelerate(self.model)
         if cfg.continual:
-            self.trainable_share = freeze_for_continual(self.model)
+            freeze_for_continual(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_share = sum(p.numel() for p in params) / sum(
             p.numel() for p in self.model.parameters())
