@@ -151,12 +151,14 @@ def test_fast_cmoe_triton_matches_float64_reference(case, mode, no_tf32):
         assert_rel(a.grad, b.grad.to(DEV), TOL["grad"], f"grad {name}")
 
 
-def test_bf16_inputs_accumulate_in_fp32():
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, TOL["bf16"]),
+                                        (torch.float16, TOL["fp16"])])
+def test_half_inputs_accumulate_in_fp32(dtype, tol):
     x = torch.randn(2, 24, 7, 9, device=DEV)
     w = bank(2, 20, 24, 5)
     js = torch.tensor([0, 1, 1], device=DEV)
     jw = torch.tensor([1, 0, 1], device=DEV)
-    y = triton_impl.dyn_conv(x.bfloat16(), w.bfloat16(), js, jw, 5)
+    y = triton_impl.dyn_conv(x.to(dtype), w.to(dtype), js, jw, 5)
     ref = dyn_conv_reference(x.cpu(), w.cpu(), js.cpu(), jw.cpu(), 5, "triton")
-    assert y.dtype == torch.bfloat16
-    assert_rel(y.float(), ref.to(DEV).float(), TOL["bf16"], "bf16 dyn_conv")
+    assert y.dtype == dtype
+    assert_rel(y.float(), ref.to(DEV).float(), tol, f"{dtype} dyn_conv")
