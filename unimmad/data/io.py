@@ -107,13 +107,18 @@ def read_image(path: PathLike) -> np.ndarray:
     return np.repeat(a[:, :, None], 3, axis=2)
 
 
-def read_gray_raw(path: PathLike) -> np.ndarray:
-    """Raw gray values ``[H, W]`` (no scaling), e.g. Eyecandies' 16-bit depth PNGs."""
+def _pixels(path: PathLike) -> np.ndarray:
+    """The stored pixel values, as decoded (no conversion), with the file closed."""
     img = _open_pil(path)
     try:
-        a = np.asarray(img)
+        return np.asarray(img)
     finally:
         img.close()
+
+
+def read_gray_raw(path: PathLike) -> np.ndarray:
+    """Raw gray values ``[H, W]`` (no scaling), e.g. Eyecandies' 16-bit depth PNGs."""
+    a = _pixels(path)
     if a.ndim == 3:
         a = a[..., 0]
     return a
@@ -121,11 +126,7 @@ def read_gray_raw(path: PathLike) -> np.ndarray:
 
 def read_mask(path: PathLike) -> np.ndarray:
     """A ground-truth mask as bool ``[H, W]``: any non-zero value (any channel) is defect."""
-    img = _open_pil(path)
-    try:
-        a = np.asarray(img)
-    finally:
-        img.close()
+    a = _pixels(path)
     if a.ndim == 3:
         a = a.max(axis=2)
     return a > 0

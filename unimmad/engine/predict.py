@@ -49,7 +49,7 @@ def predict_files(model, items: List[Sequence[str]], out_dir: str,
     """Run ``model`` on ``items`` (lists of files) and write, per item, the anomaly map as
     ``<out_dir>/maps/<i>_<stem>.npy`` and ``.png`` (heatmap), and all scores in
     ``<out_dir>/scores.csv``.  Returns the CSV rows."""
-    from .evaluate import save_overlay
+    from .evaluate import _display_image, save_overlay
     pre = Preprocess.from_config(model.config)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -67,7 +67,6 @@ def predict_files(model, items: List[Sequence[str]], out_dir: str,
             stem = f"{i:05d}_{os.path.splitext(os.path.basename(paths[0]))[0]}"
             amap = out.anomaly_map[j].float().cpu().numpy()
             np.save(os.path.join(out_dir, "maps", stem + ".npy"), amap)
-            from .evaluate import _display_image
             save_overlay(os.path.join(out_dir, "maps", stem + ".png"),
                          _display_image(images[j]), amap, None,
                          f"score {float(out.pred_score[j]):.4f}")
