@@ -1,15 +1,9 @@
-"""Benchmark fixtures.  Benchmarks share setup code with the parity tests
-(tests/cmoe_cases.py), so tests/ is put on the path."""
-import os
-import sys
-
+"""Benchmark fixtures.  The case factories, timing and parity helpers come from
+:mod:`unimmad.bench` (shared with ``unimmad bench``, the GPU scripts and the tests)."""
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
-
-from unimmad.benchmeta import environment  # noqa: E402
+from unimmad.bench.meta import environment
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ ms) and writes ``DIR/gpu_anomaly_map.json``:
 
 The JSON is rewritten after every section, so a timeout keeps what was measured; no new
 case starts after ``--budget-s`` seconds (38 by default: the GPU suite allows 45).  The
-shape factory and byte counts here are shared with the CPU benchmarks
-(``benchmarks/test_bench_anomaly_map.py``).
+case factory and byte counts come from :mod:`unimmad.bench.cases` (shared with the CPU
+benchmarks and ``unimmad bench``).
 """
 from __future__ import annotations
 
@@ -32,81 +32,26 @@ import time
 from typing import Dict, List, Tuple
 
 import torch
+from triton.testing import do_bench
 
-# paper dimensions (SPEC §1): level channels and side at 256² input
-PAPER_LEVELS: Tuple[Tuple[int, int], ...] = ((256, 64), (512, 32), (1024, 16))
+import kernels
+from kernels import amap_triton
+from unimmad.bench.cases import (PAPER_LEVELS, amap_case, feature_bytes, loss_bytes, loss_step,
+                                 map_and_score)
+from unimmad.bench.meta import environment
+from unimmad.bench.parity import rel_err
+
 IMAGE_SIZE = 256
 H200_PEAK_GBPS = 4800.0
 DEVICE = "cuda"
 COPY_ELEMENTS = 1 << 28      # 1 GiB of fp32 for the copy-bandwidth measurement
 
 
-def make_case(batch: int, modalities: int, dtype=torch.float32, device="cpu",
-              channels_last: bool = False, seed: int = 0):
-    """Priors, predictions (``p = u + noise``, as after training) and ``unit_to_sample``
-    for ``batch`` samples of ``modalities`` units each, at paper dimensions."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    U = batch * modalities
-    pri, pre = [], []
-    for c, s in PAPER_LEVELS:
-        u = torch.randn(U, c, s, s, generator=gen, device=device)
-        p = (u + 0.5 * torch.randn(U, c, s, s, generator=gen, device=device)).to(dtype)
-        u = u.to(dtype)
-        if channels_last:
-            u = u.contiguous(memory_format=torch.channels_last)
-            p = p.contiguous(memory_format=torch.channels_last)
-        pri.append(u)
-        pre.append(p)
-    uts = torch.arange(batch, device=device).repeat_interleave(modalities)
-    return pri, pre, uts
-
-
-def feature_bytes(priors, predictions) -> int:
-    """Bytes of u and p at their dtype: what the map must read (once)."""
-    return sum(t.numel() * t.element_size() for t in list(priors) + list(predictions))
-
-
-def loss_bytes(priors, predictions) -> int:
-    """Bytes a fused loss forward + backward must move: u and p read in the forward and
-    again in the backward, the gradient of p written once (5 tensor volumes of one side)."""
-    return feature_bytes(priors, predictions) * 2 + sum(
-        t.numel() * t.element_size() for t in predictions)
-
-
-def map_and_score(provider: str, priors, predictions, uts, batch: int):
-    """One map + score call of ``provider`` (the same call the benchmarks time)."""
-    import kernels
-    import unimmad
-    if provider == "reference":
-        m = unimmad.anomaly_map(priors, predictions, uts, IMAGE_SIZE, batch)
-        return unimmad.image_score(m)
-    m = kernels.anomaly_map(priors, predictions, uts, IMAGE_SIZE, batch, backend=provider)
-    return kernels.image_score(m, backend=provider)
-
-
-def loss_step(provider: str, priors, predictions, uts):
-    """Loss forward + backward of ``provider``; ``predictions`` must require grad."""
-    import kernels
-    import unimmad
-    fn = unimmad.decompression_loss if provider == "reference" else (
-        lambda *a: kernels.decompression_loss(*a, backend=provider))
-    loss, _ = fn(priors, predictions, uts)
-    loss.backward()
-    return loss
-
-
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    if not bool(torch.isfinite(out).all()):
-        return float("inf")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
 def _floor(rows, copy_gbps) -> Dict[str, object]:
     """Map + score at B = 32, 2 modalities (triton) against the byte floor."""
     row = next((r for r in rows if r["batch"] == 32 and r["modalities"] == 2
                 and r["provider"] == "triton" and "map_score_ms" in r), None)
-    nbytes = 2 * 32 * 2 * 4 * sum(c * s * s for c, s in PAPER_LEVELS)   # fp32 u and p
+    nbytes = 2 * 32 * 2 * 4 * sum(c * s * s for c, s in PAPER_LEVELS.values())  # fp32 u, p
     ms = row["map_score_ms"] if row else float("nan")
     at_copy = nbytes / (copy_gbps * 1e9) * 1e3
     at_peak = nbytes / (H200_PEAK_GBPS * 1e9) * 1e3
@@ -128,12 +73,6 @@ def main(argv=None) -> Dict[str, object]:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_anomaly_map needs a CUDA device")
-    from triton.testing import do_bench
-
-    import kernels
-    from kernels import amap_triton
-    from unimmad.benchmeta import environment
-
     t_start = time.time()
     dev = DEVICE
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -164,7 +103,7 @@ def main(argv=None) -> Dict[str, object]:
     result["cosine_stage"] = stage
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype)[6:]
-        pri, pre, uts = make_case(32, 2, dtype, dev)
+        pri, pre, uts = amap_case(32, 2, dtype=dtype, device=dev)
         nbytes = feature_bytes(pri, pre)
         try:
             amap_triton.cosine_maps(pri, pre)                      # compile + autotune
@@ -189,7 +128,7 @@ def main(argv=None) -> Dict[str, object]:
             result.setdefault("skipped", []).append(
                 {"batch": batch, "modalities": mods, "why": "time budget"})
             continue
-        pri, pre, uts = make_case(batch, mods, torch.float32, dev)
+        pri, pre, uts = amap_case(batch, mods, dtype=torch.float32, device=dev)
         nbytes, lbytes = feature_bytes(pri, pre), loss_bytes(pri, pre)
         ref_map = kernels.anomaly_map([t.double() for t in pri], [t.double() for t in pre],
                                       uts, IMAGE_SIZE, batch, backend="torch")
@@ -198,13 +137,13 @@ def main(argv=None) -> Dict[str, object]:
             row = {"batch": batch, "modalities": mods, "provider": provider,
                    "dtype": "float32", "map_bytes": nbytes, "loss_bytes": lbytes}
             try:
-                score = map_and_score(provider, pri, pre, uts, batch)   # warm-up / autotune
-                t_map = bench(lambda: map_and_score(provider, pri, pre, uts, batch))
+                _, score = map_and_score(provider, pri, pre, uts, IMAGE_SIZE, batch)  # warm-up
+                t_map = bench(lambda: map_and_score(provider, pri, pre, uts, IMAGE_SIZE, batch))
                 m = (kernels.anomaly_map(pri, pre, uts, IMAGE_SIZE, batch, backend=provider)
                      if provider != "reference" else None)
                 row.update({"map_score_ms": t_map, "map_gbps": nbytes / (t_map * 1e-3) / 1e9,
-                            "map_rel_err": _rel(m, ref_map) if m is not None else None,
-                            "score_rel_err": _rel(score, ref_score)})
+                            "map_rel_err": rel_err(m, ref_map) if m is not None else None,
+                            "score_rel_err": rel_err(score, ref_score)})
                 ps = [t.detach().clone().requires_grad_(True) for t in pre]
                 loss_step(provider, pri, ps, uts)
                 t_loss = bench(lambda: loss_step(provider, pri, ps, uts), grad_to_none=ps)

@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
-
-from cmoe_cases import PAPER_LEVELS, paper_level_case  # noqa: E402
-from benchmarks.common import do_bench_ms as bench  # noqa: E402
-from unimmad.benchmeta import environment  # noqa: E402
-from unimmad.flops import cmoe_gflop  # noqa: E402
+from kernels import cmoe_ops
+from unimmad.bench.cases import PAPER_LEVELS, cmoe_module, level_case
+from unimmad.bench.meta import environment
+from unimmad.bench.timing import do_bench_ms as bench
+from unimmad.flops import cmoe_gflop
 
 
 
@@ -45,11 +42,8 @@ def copy_gbps() -> float:
 
 
 def make(level, units, provider, dtype, channels_last):
-    from kernels import FastCMoE
-    module, general, prior, uts = paper_level_case(level, units, device="cuda")
-    if provider != "reference":
-        module = FastCMoE.from_reference(module, backend=provider)
-    module = module.to(dtype)
+    module, general, prior, uts = level_case(level, units, device="cuda")
+    module = cmoe_module(module, provider).to(dtype)
     general, prior = general.to(dtype), prior.to(dtype)
     if channels_last:
         general = general.contiguous(memory_format=torch.channels_last)
@@ -116,14 +110,13 @@ def main(argv=None):
             del module, general, prior
             torch.cuda.empty_cache()
     # The level-1 k = 5 folded convolution alone, U = 32, bf16.
-    from kernels import ops
     x = torch.randn(32, 256, 64, 64, device="cuda", dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, 256, 25 * 256, device="cuda", dtype=torch.bfloat16) * 0.01
     jobs = torch.arange(32, device="cuda")
     conv_gf = 2.0 * 32 * 256 * 256 * 25 * 64 * 64 / 1e9
     for backend in ("triton", "torch"):
-        ms = bench(lambda: ops.dyn_conv(x, w, jobs, jobs, 5, backend, same_samples=True,
+        ms = bench(lambda: cmoe_ops.dyn_conv(x, w, jobs, jobs, 5, backend, same_samples=True,
                                         same_weights=True))
         rows.append({"kind": "conv_k5_level1_u32_bf16", "provider": backend, "ms": ms,
                      "tflops": conv_gf / ms,

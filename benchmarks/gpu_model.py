@@ -1,6 +1,6 @@
 """GPU end-to-end benchmark (H200 suite): ``python -m benchmarks.gpu_model --out DIR``.
 
-Reference model vs ``unimmad.accelerate(model)``, B ∈ {1, 32}, 1 and 2 modalities per
+Reference model vs ``unimmad.accelerate(model, backend="triton")``, B ∈ {1, 32}, 1 and 2 modalities per
 sample, fp32 and bf16, paper dimensions; the accelerated model also replayed as a CUDA
 graph (input validation off, units precomputed).  Each row records the parity error of the
 accelerated output against the reference output of the same run.  Writes
@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from benchmarks.common import do_bench_ms as bench
-from unimmad.bench import build_model, make_inputs, parity_tolerance, preset_config, rel_err
-from unimmad.benchmeta import environment
+from unimmad.bench.cases import build_model, model_inputs, preset_config
+from unimmad.bench.meta import environment
+from unimmad.bench.parity import rel_err, tolerance
+from unimmad.bench.timing import do_bench_ms as bench
 from unimmad.models.model import pack_units
 
 
@@ -54,11 +55,11 @@ def main(argv=None):
     record = {"meta": environment(device), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
               "rows": []}
     for dtype in (torch.float32, torch.bfloat16):
-        tol = parity_tolerance(dtype, device)
-        models = {p: build_model(cfg, 0, dtype, device, p) for p in ("reference", "accelerated")}
+        tol = tolerance(dtype, device)
+        models = {p: build_model(cfg, 0, dtype, device, p) for p in ("reference", "triton")}
         for batch in (int(b) for b in args.batches.split(",")):
             for modalities in (1, 2):
-                images, nm = make_inputs(cfg, batch, modalities, 1, dtype, device)
+                images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
                 outs = {}
                 for provider, model in models.items():
                     model.validate_inputs = True
@@ -82,10 +83,10 @@ def main(argv=None):
                     record["rows"].append(row)
                     print(json.dumps(row), flush=True)
                 # CUDA graph replay of the accelerated model
-                row = {"batch": batch, "modalities": modalities, "provider": "accelerated+graph",
+                row = {"batch": batch, "modalities": modalities, "provider": "triton+graph",
                        "dtype": str(dtype).split(".")[-1], "error": None}
                 try:
-                    replay, static = graph_of(models["accelerated"], images, nm)
+                    replay, static = graph_of(models["triton"], images, nm)
                     replay()
                     torch.cuda.synchronize()
                     if "reference" in outs:
@@ -96,7 +97,7 @@ def main(argv=None):
                 except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 finally:
-                    models["accelerated"].validate_inputs = True
+                    models["triton"].validate_inputs = True
                 record["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 del images, outs

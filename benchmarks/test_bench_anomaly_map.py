@@ -19,9 +19,9 @@ peak memory and, for the fast providers, the speed-up over the reference of the 
 import pytest
 import torch
 
-from benchmarks.common import peak_memory_mb, timed
-from benchmarks.gpu_anomaly_map import (feature_bytes, loss_bytes, loss_step, make_case,
-                                        map_and_score)
+from unimmad.bench.cases import amap_case, feature_bytes, loss_bytes, loss_step, map_and_score
+from unimmad.bench.meta import peak_memory_mb
+from unimmad.bench.timing import timed
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -29,14 +29,16 @@ BATCHES = [1, 32] if HAS_CUDA else [1, 8]
 MODALITIES = [1, 2, 4]
 SMOKE = {(1, 4), (8, 2)}
 PROVIDERS = ["reference", "torch", "triton"]
+IMAGE_SIZE = 256
 _MEDIANS = {}   # (op, batch, modalities, provider) → median seconds, for the speed-ups
 
 
 def build(op, provider, batch, modalities):
     """One setup for the speed and the memory measurement: ``(run, bytes)``."""
-    pri, pre, uts = make_case(batch, modalities, torch.float32, DEVICE)
+    pri, pre, uts = amap_case(batch, modalities, dtype=torch.float32, device=DEVICE)
     if op == "map_score":
-        return (lambda: map_and_score(provider, pri, pre, uts, batch)), feature_bytes(pri, pre)
+        return ((lambda: map_and_score(provider, pri, pre, uts, IMAGE_SIZE, batch)),
+                feature_bytes(pri, pre))
     ps = [t.detach().clone().requires_grad_(True) for t in pre]
 
     def run():

@@ -10,8 +10,9 @@ FLOPs are counted analytically (2 FLOPs per multiply-add) from SPEC §2.
 import pytest
 import torch
 
-from benchmarks.common import peak_memory_mb, timed
-from cmoe_cases import PAPER_LEVELS, paper_level_case
+from unimmad.bench.cases import PAPER_LEVELS, cmoe_module, level_case
+from unimmad.bench.meta import peak_memory_mb
+from unimmad.bench.timing import timed
 from unimmad.flops import cmoe_gflop
 
 HAS_CUDA = torch.cuda.is_available()
@@ -21,12 +22,10 @@ PROVIDERS = ["reference", "torch", "triton", "compile"]
 
 
 def build(level, units, provider, mode):
-    module, general, prior, uts = paper_level_case(level, units, device=DEVICE)
-    if provider in ("torch", "triton"):
-        from kernels import FastCMoE
-        module = FastCMoE.from_reference(module, backend=provider)
-    module.train(mode == "train")
-    fn_module = torch.compile(module) if provider == "compile" else module
+    reference, general, prior, uts = level_case(level, units, device=DEVICE)
+    reference.train(mode == "train")
+    fn_module = cmoe_module(reference, provider)
+    module = reference if provider == "compile" else fn_module
     if mode == "inference":
         def run():
             with torch.inference_mode():

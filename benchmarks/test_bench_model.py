@@ -1,12 +1,15 @@
 """End-to-end inference benchmark: the reference model vs ``unimmad.accelerate(model)`` at
 paper dimensions, with setup shared with ``unimmad bench`` (same seeded weights and
 generated inputs).  CPU: B ∈ {1, 2}, 2 modalities; CUDA: B ∈ {1, 32}, 1 and 2 modalities.
+Providers: ``reference`` and the fast path of the device (``torch`` on CPU, ``triton``
+on CUDA).
 """
 import pytest
 import torch
 
-from benchmarks.common import peak_memory_mb, timed
-from unimmad.bench import build_model, make_inputs, preset_config
+from unimmad.bench.cases import build_model, fast_provider, model_inputs, preset_config
+from unimmad.bench.meta import peak_memory_mb
+from unimmad.bench.timing import timed
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -14,13 +17,13 @@ BATCHES = [1, 32] if HAS_CUDA else [1, 2]
 MODALITIES = [1, 2] if HAS_CUDA else [2]
 
 
-@pytest.mark.parametrize("provider", ["reference", "accelerated"])
+@pytest.mark.parametrize("provider", ["reference", fast_provider(DEVICE)])
 @pytest.mark.parametrize("modalities", MODALITIES)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_model_inference(benchmark, bench_env, benchmarks_enabled, batch, modalities, provider):
     cfg = preset_config("paper" if benchmarks_enabled else "tiny")
     model = build_model(cfg, 0, torch.float32, DEVICE, provider)
-    images, nm = make_inputs(cfg, batch, modalities, 1, torch.float32, DEVICE)
+    images, nm = model_inputs(cfg, batch, modalities, 1, torch.float32, DEVICE)
 
     def call():
         with torch.inference_mode():

@@ -13,8 +13,8 @@ from unimmad.models.model import UniMMAD
 from .amap import anomaly_map as fused_anomaly_map
 from .amap import decompression_loss as fused_decompression_loss
 from .amap import image_score as fused_image_score
+from .backend import check_name
 from .cmoe import FastCMoE
-from .ops import BACKENDS
 
 __all__ = ["accelerate"]
 
@@ -27,8 +27,7 @@ def accelerate(model: nn.Module, backend: str = "auto") -> nn.Module:
     ``image_score_fn`` and ``decompression_loss_fn`` become :func:`kernels.anomaly_map`,
     :func:`kernels.image_score` and :func:`kernels.decompression_loss` bound to
     ``backend`` (same call signatures as the reference functions)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_name(backend)
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate needs an nn.Module, got {type(model).__name__}")
     found = 0

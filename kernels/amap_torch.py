@@ -1,5 +1,6 @@
-"""The anomaly map, image score and decompression loss in stock PyTorch ops (the "torch"
-backend; on CUDA it is the baseline the Triton kernels are timed against).
+"""The anomaly map, image score and decompression loss in stock PyTorch ops — the
+``"torch"`` implementation of :mod:`kernels.amap_ops`, with the same function signatures as
+:mod:`kernels.amap_triton` (on CUDA it is the baseline the Triton kernels are timed against).
 
 Where the reference (:mod:`unimmad.scoring`, :mod:`unimmad.losses`) loses its time, and
 what this path does instead (same function, SPEC §3 tolerances):
@@ -33,17 +34,13 @@ from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ["COS_EPS", "compute_dtype", "cosine_stats", "cosine_maps", "interp_matrix",
-           "blur_matrix", "level_operators", "combine_maps", "image_score",
-           "focal_cosine_forward", "focal_cosine_grad", "focal_power"]
+from unimmad.scoring import COS_EPS, compute_dtype, gaussian_kernel1d
 
-COS_EPS = 1e-8          # the reference's clamp of ‖u‖·‖p‖ (unimmad.scoring.COS_EPS)
+__all__ = ["cosine_stats", "cosine_maps", "interp_matrix", "blur_matrix", "level_operators",
+           "combine_maps", "anomaly_map", "image_score", "focal_cosine_forward",
+           "focal_cosine_grad", "focal_power"]
+
 CHUNK_ELEMENTS = 1 << 21  # CPU chunk: 8 MiB of fp32 per operand, L3-resident
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 when any input is float64, else float32 (the reference promotes to ≥ fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -159,7 +156,6 @@ def interp_matrix(n_out: int, n_in: int) -> torch.Tensor:
 def blur_matrix(n: int, sigma: float, kernel_size: int) -> torch.Tensor:
     """``[n, n]`` float64 banded matrix of the zero-padded 1-D Gaussian blur
     (:func:`unimmad.scoring.gaussian_kernel1d` taps)."""
-    from unimmad.scoring import gaussian_kernel1d
     g = gaussian_kernel1d(sigma, kernel_size, torch.float64)
     r = kernel_size // 2
     d = torch.arange(n)[None, :] - torch.arange(n)[:, None] + r     # tap index j − i + r
@@ -212,6 +208,15 @@ def combine_maps(maps: Sequence[torch.Tensor], unit_to_sample: torch.Tensor, num
     gh = _blur_op(H, sigma, kernel_size, dtype, device)
     gw = _blur_op(W, sigma, kernel_size, dtype, device)
     return torch.matmul(gh, torch.matmul(out, gw.t()))
+
+
+def anomaly_map(priors: Sequence[torch.Tensor], predictions: Sequence[torch.Tensor],
+                unit_to_sample: torch.Tensor, num_samples: int, size: Tuple[int, int],
+                mode: str, sigma: float, kernel_size: int) -> torch.Tensor:
+    """The blurred anomaly map ``[B, H, W]`` (:func:`compute_dtype`): the cosine stage per
+    level, then :func:`combine_maps` (inputs validated by :func:`kernels.anomaly_map`)."""
+    maps = [cosine_maps(u, p) for u, p in zip(priors, predictions)]
+    return combine_maps(maps, unit_to_sample, num_samples, size, mode, sigma, kernel_size)
 
 
 def image_score(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Triton kernels of the anomaly map, image score and decompression loss (SPEC §1, §2.5;
-PERFORMANCE.md §5), with their launchers.
+PERFORMANCE.md §5), with their launchers — the ``"triton"`` implementation of
+:mod:`kernels.amap_ops` (same function signatures as :mod:`kernels.amap_torch`).
 
 Index contract
 ==============
@@ -57,39 +58,39 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from unimmad.scoring import gaussian_kernel1d
+from unimmad.scoring import COS_EPS, gaussian_kernel1d
 
 from . import amap_torch
-from .triton_impl import AUTOTUNE, HAVE_TRITON, INTERPRET, _output, check_usable
+from .backend import HAVE_TRITON, INTERPRET, configs, output, resolve, tl, triton
 
-if HAVE_TRITON:
-    import triton
-    import triton.language as tl
-
-__all__ = ["HAVE_TRITON", "INTERPRET", "cosine_maps", "combine_maps", "anomaly_map",
-           "image_score", "focal_cosine_forward", "focal_cosine_grad", "TILE", "MAX_TOPK"]
+__all__ = ["cosine_maps", "combine_maps", "anomaly_map", "image_score",
+           "focal_cosine_forward", "focal_cosine_grad", "TILE", "MAX_TOPK"]
 
 TILE = 32            # output tile of the map kernel (T)
 MAX_TOPK = 1024      # largest k the sort-based score kernel handles (beyond: torch.topk)
 SCORE_BLOCK = 64 if INTERPRET else 4096  # elements sorted per program, first passes
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Tile configurations of the streaming kernels (cosine stage, loss backward):
+# (BLOCK_P, BLOCK_C, num_warps, num_stages) — wide pixel tiles for NCHW (pixels
+# contiguous), wide channel tiles for channels-last.
+_STREAM_TUNED = [(64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 8, 3), (16, 128, 4, 3)]
 
 
 def _stream_configs():
-    """Tile configurations of the streaming kernels (cosine stage, loss backward): wide
-    pixel tiles for NCHW (pixels contiguous), wide channel tiles for channels-last."""
-    if not AUTOTUNE:
-        return [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32 if INTERPRET else 16},
-                              num_warps=4)]
-    return [
-        triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 16}, num_warps=4),
-        triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=8),
-        triton.Config({"BLOCK_P": 16, "BLOCK_C": 128}, num_warps=4),
-    ]
+    return configs(("BLOCK_P", "BLOCK_C"), _STREAM_TUNED,
+                   (64, 32, 4, 3) if INTERPRET else (64, 16, 4, 3))
 
 
 if HAVE_TRITON:
+
+    @triton.jit
+    def _pixel_offsets(offs_p, W, sh, sw, FLAT: tl.constexpr):
+        """Memory offsets of pixels ``offs_p`` (row-major over ``W`` columns): with FLAT
+        (``stride_h = W·stride_w``) they are ``q · stride_w``, which keeps contiguity
+        along pixels provable to the compiler."""
+        if FLAT:
+            return offs_p * sw
+        return (offs_p // W) * sh + (offs_p % W) * sw
 
     @triton.autotune(configs=_stream_configs(), key=["C", "P", "CHANNELS_LAST", "LOSS"])
     @triton.jit
@@ -102,14 +103,8 @@ if HAVE_TRITON:
         n = tl.program_id(1).to(tl.int64)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = offs_p < P
-        if FLAT:     # pixel offset = q · stride_w: contiguity along pixels stays provable
-            u_pix = offs_p * suw
-            p_pix = offs_p * spw
-        else:
-            hh = offs_p // W
-            ww = offs_p % W
-            u_pix = hh * suh + ww * suw
-            p_pix = hh * sph + ww * spw
+        u_pix = _pixel_offsets(offs_p, W, suh, suw, FLAT)
+        p_pix = _pixel_offsets(offs_p, W, sph, spw, FLAT)
         u_base = u_ptr + n * sun
         p_base = p_ptr + n * spn
         acc_d = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
@@ -253,16 +248,9 @@ if HAVE_TRITON:
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         p_ok = offs_p < P
         m = (offs_c < C)[:, None] & p_ok[None, :]
-        if FLAT:
-            x_pix = offs_p * sxw
-            y_pix = offs_p * syw
-            o_pix = offs_p * sow
-        else:
-            hh = offs_p // W
-            ww = offs_p % W
-            x_pix = hh * sxh + ww * sxw
-            y_pix = hh * syh + ww * syw
-            o_pix = hh * soh + ww * sow
+        x_pix = _pixel_offsets(offs_p, W, sxh, sxw, FLAT)
+        y_pix = _pixel_offsets(offs_p, W, syh, syw, FLAT)
+        o_pix = _pixel_offsets(offs_p, W, soh, sow, FLAT)
         g = tl.load(g_ptr + n).to(tl.float32)
         ca = tl.load(ca_ptr + n * P + offs_p, mask=p_ok, other=0.0) * g
         cb = tl.load(cb_ptr + n * P + offs_p, mask=p_ok, other=0.0) * g
@@ -276,13 +264,6 @@ if HAVE_TRITON:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check_float(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"backend='triton' takes float32, bfloat16 or float16 tensors, got "
-                            f"{t.dtype}; use backend='torch' (or 'auto') for {t.dtype}")
-
-
 def _channels_last(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.shape[1] > 1
 
@@ -306,7 +287,7 @@ def _launch_cos(u, p, a, a_off, coef, loss: bool, gamma: float = 0.0):
     grid = lambda meta: (triton.cdiv(P, meta["BLOCK_P"]), U)
     _cos_kernel[grid](
         u, p, a, coef, C, P, W, a_off, U * P, float(gamma), 1.0 / P,
-        amap_torch.COS_EPS, *u.stride(), *p.stride(),
+        COS_EPS, *u.stride(), *p.stride(),
         CHANNELS_LAST=_channels_last(u), LOSS=loss, GAMMA_INT=_gamma_int(gamma),
         FLAT=_flat(u, p))
 
@@ -315,14 +296,13 @@ def cosine_maps(priors: Sequence[torch.Tensor], predictions: Sequence[torch.Tens
                 out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[int]]:
     """Kernel 1 on every level: the packed ``1 − cos`` maps (see the index contract;
     ``out`` ``[max(1, U·Σ h·w)]`` fp32 if given) and the cumulative pixel counts ``cum_hw``."""
-    check_usable(*priors, *predictions)
-    _check_float(*priors, *predictions)
+    resolve("triton", *priors, *predictions)
     U = priors[0].shape[0]
     cum = [0]
     for u in priors:
         cum.append(cum[-1] + u.shape[2] * u.shape[3])
     shape = (max(U * cum[-1], 1),)
-    a = _output(out, shape, torch.float32, priors[0].device)
+    a = output(out, shape, torch.float32, priors[0].device)
     if U:
         for u, p, off in zip(priors, predictions, cum):
             _launch_cos(u, p, a, U * off, a, loss=False)
@@ -399,7 +379,7 @@ def combine_maps(a: torch.Tensor, dims: Sequence[Tuple[int, int]], unit_to_sampl
     meta, mats, wins, gtile, win, halo, r = _plan(size, tuple(dims), mode, float(sigma),
                                                   int(kernel_size), device)
     order, offsets = _csr(unit_to_sample, num_samples)
-    out = _output(out, (num_samples, H, W), torch.float32, device)
+    out = output(out, (num_samples, H, W), torch.float32, device)
     if num_samples == 0:
         return out
     n_tx = triton.cdiv(W, TILE)
@@ -424,8 +404,7 @@ def image_score(anomaly_map: torch.Tensor, k: int,
                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean of the top ``k`` pixels of each map ``[B, H, W]`` → ``[B]`` fp32 (sort-based
     kernel for ``k ≤ MAX_TOPK``; ``torch.topk`` beyond)."""
-    check_usable(anomaly_map)
-    _check_float(anomaly_map)
+    resolve("triton", anomaly_map)
     B = anomaly_map.shape[0]
     x = anomaly_map.reshape(B, -1)
     if x.stride(1) != 1:
@@ -434,7 +413,7 @@ def image_score(anomaly_map: torch.Tensor, k: int,
     if k > MAX_TOPK:
         res = x.float().topk(k, dim=1).values.mean(1)
         return res if out is None else out.copy_(res)
-    out = _output(out, (B,), torch.float32, x.device)
+    out = output(out, (B,), torch.float32, x.device)
     if B == 0:
         return out
     kp = triton.next_power_of_2(k)
@@ -456,8 +435,7 @@ def focal_cosine_forward(u: torch.Tensor, p: torch.Tensor, gamma: float
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(m [U], coef [3, U, h, w])`` as :func:`kernels.amap_torch.focal_cosine_forward`,
     in one pass over u and p."""
-    check_usable(u, p)
-    _check_float(u, p)
+    resolve("triton", u, p)
     U, C, H, W = u.shape
     P = H * W
     coef = torch.empty(3, U, H, W, dtype=torch.float32, device=u.device)
@@ -471,7 +449,7 @@ def focal_cosine_forward(u: torch.Tensor, p: torch.Tensor, gamma: float
 def focal_cosine_grad(g: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:
     """``g[n]·(ca·x + cb·y)`` → ``[U, C, h, w]`` in y's dtype and memory format."""
-    check_usable(x, y)
+    resolve("triton", x, y)
     U, C, H, W = y.shape
     P = H * W
     out = torch.empty_like(y)

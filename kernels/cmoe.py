@@ -3,85 +3,60 @@
 Per branch (kernel size k), with ``P = [P_fix | P_rt]`` the bias-free 1×1 ``post`` conv:
 
 * **collapse** — the K routed convolutions become one conv with the mixed kernel
-  ``M_u = Σ_n α[u, n, o] W[n, o]``, ``α = Σ_j s_j softmax_n(S[idx_j])`` (``ops.compose``);
+  ``M_u = Σ_n α[u, n, o] W[n, o]``, ``α = Σ_j s_j softmax_n(S[idx_j])`` (``cmoe_ops.compose``);
 * **fold** — ``post`` is linear and comes before its GroupNorm, so
   ``post(cat(conv(x, F), conv(x, M_u))) = conv(x, P_fix∘F + P_rt∘M_u)``: one E→E
-  convolution per unit (``ops.dyn_conv``), one third of the reference's FLOPs, and no
+  convolution per unit (``cmoe_ops.dyn_conv``), one third of the reference's FLOPs, and no
   replicated values.  Units of a sample read the sample's values in place.
 
 In inference (no gradient needed for the branch weights) the folded kernels of all
 leaders, ``G_ℓ = P_rt∘Ŵ_ℓ`` and ``G₀ = P_fix∘F``, are cached and each unit's kernel is
-``G₀ + Σ_j s_j G_{idx_j}`` (``ops.mix``).  The cache is keyed on the weights' identity,
+``G₀ + Σ_j s_j G_{idx_j}`` (``cmoe_ops.mix``).  The cache is keyed on the weights' identity,
 version counter, dtype and device, so any in-place update (optimizer step,
 ``load_state_dict``) rebuilds it; it is never used while the weights need gradients.
 In training the fold runs inside autograd (``compose`` → two matmuls → ``dyn_conv``).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from unimmad.models.cmoe import CMoE, CMoEAux, CMoEBranch
+from unimmad.models.cmoe import CMoE, CMoEBranch
 
-from . import ops
+from . import cmoe_ops
+from .backend import check_name, resolve
 
-__all__ = ["FastCMoE", "dynamic_filter", "folded_banks"]
+__all__ = ["FastCMoE"]
 
 
-def folded_banks(branch: CMoEBranch, backend: str, dtype: torch.dtype
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(G₀ [E, R], G [L, E, R])``: ``post`` folded into the fixed expert and into every
-    leader's composed kernel (computed in fp32, returned in ``dtype``)."""
+def _fold(branch: CMoEBranch, backend: str, indices: torch.Tensor, scores: torch.Tensor
+          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``post`` folded into the branch's kernels (SPEC §2.2), in the bank layout of the
+    resolved ``backend`` and at least fp32: ``(G₀ [E, R], G [U, E, R])`` with
+    ``G₀ = P_fix∘F`` and ``G[u] = P_rt∘M_u``, ``M_u`` the mixed routed kernel of unit ``u``
+    (``cmoe_ops.compose`` of ``indices``/``scores``).  A unit's kernel is ``G₀ + G[u]``.  Used by
+    the training path (inside autograd) and, with one "unit" per leader, to build the
+    inference cache."""
     E = branch.post.weight.shape[0]
-    P = branch.post.weight.reshape(E, 2 * E)
-    P = P.to(torch.promote_types(P.dtype, torch.float32))
-    L = branch.leaders.shape[0]
-    idx = torch.arange(L, device=P.device)[:, None]
-    ones = torch.ones(L, 1, device=P.device)
-    acc = P.dtype
-    leaders_k = ops.compose(ops.to_bank(branch.base_experts.to(acc), backend),
-                            branch.leaders.to(acc), idx, ones.to(acc), backend)  # [L, E, R]
-    g0 = P[:, :E] @ ops.to_bank(branch.fixed_expert.to(acc), backend)
-    bank = torch.matmul(P[:, E:], leaders_k)
-    return g0.to(dtype), bank.to(dtype)
-
-
-def dynamic_filter(x: torch.Tensor, unit_to_sample: torch.Tensor, fixed: torch.Tensor,
-                   base: torch.Tensor, leaders: torch.Tensor, indices: torch.Tensor,
-                   scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Fused fixed + routed dynamic filtering: ``post``'s input ``[U, 2E, H, W]``.
-
-    Same function as :func:`unimmad.models.cmoe.grouped_dynamic_filter` (x ``[B, E, H, W]``
-    per sample, fixed ``[E, E, k, k]``, base ``[N, E, E, k, k]``, leaders ``[L, N, E]``,
-    indices/scores ``[U, K]``) without replicating x: the K routed kernels are collapsed
-    into one mixed kernel per unit (``ops.compose``), and one ``ops.dyn_conv`` launch
-    computes the fixed expert once per *sample* and the mixed kernel once per unit.
-    """
-    B = x.shape[0]
-    U = unit_to_sample.shape[0]
-    k = fixed.shape[-1]
-    backend = ops.kernel_backend(backend, x.device)
-    mixed = ops.compose(ops.to_bank(base, backend), leaders, indices, scores, backend)
-    bank = torch.cat([ops.to_bank(fixed, backend).unsqueeze(0).to(mixed.dtype), mixed], 0)
-    dev = x.device
-    job_sample = torch.cat([torch.arange(B, device=dev), unit_to_sample])
-    job_weight = torch.cat([torch.zeros(B, dtype=torch.long, device=dev),
-                            torch.arange(1, U + 1, device=dev)])
-    y = ops.dyn_conv(x, bank.to(x.dtype), job_sample, job_weight, k, backend)  # [B+U, E, H, W]
-    return torch.cat([y[:B][unit_to_sample], y[B:]], 1)
+    acc = torch.promote_types(branch.post.weight.dtype, torch.float32)
+    P = branch.post.weight.reshape(E, 2 * E).to(acc)
+    mixed = cmoe_ops.compose(cmoe_ops.to_bank(branch.base_experts.to(acc), backend),
+                             branch.leaders.to(acc), indices, scores.to(acc), backend)
+    g0 = P[:, :E] @ cmoe_ops.to_bank(branch.fixed_expert.to(acc), backend)
+    return g0, torch.matmul(P[:, E:], mixed)
 
 
 class FastCMoE(CMoE):
-    """Drop-in :class:`unimmad.CMoE` on fused kernels (same constructor, parameters and
-    state-dict keys).
+    """Drop-in :class:`unimmad.CMoE` on fused kernels (same constructor, parameters,
+    state-dict keys and input contract).
 
     Args:
         backend: ``"auto"`` (Triton on CUDA tensors, the torch fast path elsewhere),
             ``"triton"`` (error where it cannot run), ``"torch"``, or ``"reference"``
-            (the paper's formulation, i.e. :class:`unimmad.CMoE`).
+            (the paper's formulation, i.e. :class:`unimmad.CMoE`); see
+            :mod:`kernels.backend`.
         Other arguments as :class:`unimmad.CMoE`.
     """
 
@@ -90,9 +65,7 @@ class FastCMoE(CMoE):
         self._init_fast(backend)
 
     def _init_fast(self, backend: str) -> None:
-        if backend not in ops.BACKENDS:
-            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_name(backend)
         self._bank_cache: Dict[int, Tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def extra_repr(self) -> str:
@@ -123,18 +96,19 @@ class FastCMoE(CMoE):
             module.__class__ = cls
             module._init_fast(backend)
         else:
-            module.backend = backend
+            module.backend = check_name(backend)
         return module
 
     # ------------------------------------------------------------------ pieces
-    def resolved_backend(self, device: torch.device) -> str:
-        return ops.resolve_backend(self.backend, device)
+    def resolved_backend(self, *tensors: torch.Tensor) -> str:
+        """The backend that runs on ``tensors`` (:func:`kernels.backend.resolve`)."""
+        return resolve(self.backend, *tensors)
 
     def condition(self, key: torch.Tensor, prior: torch.Tensor,
                   unit_to_sample: torch.Tensor) -> torch.Tensor:
         """As the reference, but the 3×3 conv's key half runs once per *sample* when
         samples carry several units (``conv(cat(a, b)) = conv(a, W_a) + conv(b, W_b)``)."""
-        if key.shape[0] >= prior.shape[0] or self.backend == "reference":
+        if key.shape[0] >= prior.shape[0] or self.resolved_backend(key) == "reference":
             return super().condition(key, prior, unit_to_sample)
         query = self.query(prior)
         w = self.cond[0].weight
@@ -157,7 +131,10 @@ class FastCMoE(CMoE):
             return hit[1], hit[2]
         self._bank_cache.pop(id(branch), None)  # free the stale banks before rebuilding
         with torch.no_grad():
-            g0, bank = folded_banks(branch, backend, dtype)
+            L = branch.leaders.shape[0]
+            every = torch.arange(L, device=branch.leaders.device)[:, None]
+            g0, bank = _fold(branch, backend, every, branch.leaders.new_ones(L, 1))
+            g0, bank = g0.to(dtype), bank.to(dtype)
         self._bank_cache[id(branch)] = (key, g0, bank)
         return g0, bank
 
@@ -170,17 +147,13 @@ class FastCMoE(CMoE):
         """Each unit's folded kernel ``[U, E, R]`` (bank layout): ``P_fix∘F + P_rt∘M_u``."""
         if not self._weights_need_grad(branch) and not torch.compiler.is_compiling():
             g0, bank = self._cached_banks(branch, backend, dtype)
-            return ops.mix(g0, bank, indices, scores, backend)
-        E = self.embed_dim
-        P = branch.post.weight.reshape(E, 2 * E)
-        mixed = ops.compose(ops.to_bank(branch.base_experts, backend), branch.leaders, indices,
-                            scores, backend)
-        g0 = P[:, :E] @ ops.to_bank(branch.fixed_expert, backend)
-        return (torch.matmul(P[:, E:], mixed) + g0).to(dtype)
+            return cmoe_ops.mix(g0, bank, indices, scores, backend)
+        g0, routed = _fold(branch, backend, indices, scores)
+        return (routed + g0).to(dtype)
 
     def branch_filter(self, branch: CMoEBranch, x: torch.Tensor, unit_to_sample: torch.Tensor,
                       indices: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        backend = self.resolved_backend(x.device)
+        backend = self.resolved_backend(x)
         if backend == "reference":
             return super().branch_filter(branch, x, unit_to_sample, indices, scores)
         U = unit_to_sample.shape[0]
@@ -189,10 +162,5 @@ class FastCMoE(CMoE):
                 and not torch.compiler.is_compiling()
                 and bool(torch.equal(unit_to_sample, torch.arange(U))))
         jobs = torch.arange(U, device=x.device)
-        return ops.dyn_conv(x, kernels, unit_to_sample, jobs, branch.kernel_size, backend,
-                            same_samples=same, same_weights=True)
-
-    def forward(self, general: torch.Tensor, prior: torch.Tensor,
-                unit_to_sample: torch.Tensor):
-        self.resolved_backend(general.device)  # clear error before any work
-        return super().forward(general, prior, unit_to_sample)
+        return cmoe_ops.dyn_conv(x, kernels, unit_to_sample, jobs, branch.kernel_size, backend,
+                                 same_samples=same, same_weights=True)

@@ -21,6 +21,9 @@ from typing import Dict, List
 
 import torch
 
+from . import cmoe_triton
+from .amap import anomaly_map, decompression_loss, image_score
+
 __all__ = ["record_launches", "representative_launches", "compile_specs", "SHARED_LIMIT"]
 
 #: Hopper's largest shared-memory allocation per block (227 KiB).
@@ -71,8 +74,6 @@ def record_launches(specs: List[Dict], execute: bool = False):
 
 def representative_launches() -> None:
     """Launch every Triton kernel the way the library does (fp32 and bf16), small sizes."""
-    from . import amap_triton, triton_impl
-    from .amap import anomaly_map, decompression_loss, image_score
     g = torch.Generator().manual_seed(0)
     r = lambda *s, dt=torch.float32: torch.randn(*s, generator=g).to(dt)
     for dt in (torch.float32, torch.bfloat16):
@@ -80,13 +81,12 @@ def representative_launches() -> None:
             x = r(2, 16, 5, 6, dt=dt).contiguous(memory_format=torch.channels_last)
             w = r(3, 16, k * k * 16, dt=dt)
             js, jw = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
-            triton_impl.dyn_conv(x, w, js, jw, k, "ieee")
+            cmoe_triton.dyn_conv(x, w, js, jw, k, "ieee")
             gy = r(3, 16, 5, 6, dt=dt)
-            triton_impl.dyn_conv_grad_input(gy, w, js, jw, k, 2, "ieee")
-            triton_impl.dyn_conv_grad_weight(gy, x, js, jw, k, 3, "ieee")
+            cmoe_triton.dyn_conv_backward(gy, x, w, js, jw, k, "ieee", True, True)
         idx, sc = torch.tensor([[0, 2], [1, 0]]), torch.rand(2, 2, generator=g)
-        triton_impl.compose(r(3, 16, 144, dt=dt), r(4, 3, 16, dt=dt), idx, sc)
-        triton_impl.mix(r(16, 144, dt=dt), r(4, 16, 144, dt=dt), idx, sc)
+        cmoe_triton.compose(r(3, 16, 144, dt=dt), r(4, 3, 16, dt=dt), idx, sc)
+        cmoe_triton.mix(r(16, 144, dt=dt), r(4, 16, 144, dt=dt), idx, sc)
         uts = torch.tensor([0, 1, 1])
         pri = [r(3, 8, s, s, dt=dt) for s in (16, 8, 4)]
         pre = [r(3, 8, s, s, dt=dt).requires_grad_(True) for s in (16, 8, 4)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import cmoe_ops
 from unimmad import CMoE
 
 
@@ -52,7 +53,7 @@ def oihw_from_bank(bank: torch.Tensor, k: int, layout: str) -> torch.Tensor:
 
 
 def dyn_conv_reference(x, bank, job_sample, job_weight, k, layout):
-    """float64 per-job loop of ``kernels.ops.dyn_conv``."""
+    """float64 per-job loop of ``kernels.cmoe_ops.dyn_conv``."""
     w = oihw_from_bank(bank.double(), k, layout)
     return torch.cat([F.conv2d(x[s:s + 1].double(), w[wi], padding=k // 2)
                       for s, wi in zip(job_sample.tolist(), job_weight.tolist())])
@@ -85,20 +86,20 @@ def smooth_inputs(module64, units_per_sample, margin=2e-6, tries=30, **kw):
     raise RuntimeError("could not draw inputs away from ReLU kinks")
 
 
-# Paper dimensions per level: (in_channels C, spatial side) at 256² inputs.
-PAPER_LEVELS = {1: (256, 64), 2: (512, 32), 3: (1024, 16)}
+def dynamic_filter(x, unit_to_sample, fixed, base, leaders, indices, scores, backend="auto"):
+    """The fused primitives composed into the paper's fixed + routed dynamic filtering
+    without replication (collapse, no fold): ``post``'s input ``[U, 2E, H, W]``.
 
-
-def paper_level_case(level: int, units: int, samples: int | None = None, seed: int = 0,
-                     dtype=torch.float32, device="cpu"):
-    """A paper-dimension reference C-MoE of one level and inputs with ``units`` units
-    spread over ``samples`` samples (default: one unit per sample)."""
-    C, S = PAPER_LEVELS[level]
-    samples = samples or units
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    module = CMoE(C).to(device=device, dtype=dtype)
-    uts = (torch.arange(units) * samples // units).to(device)
-    general = torch.randn(samples, C, S, S, generator=g).to(device=device, dtype=dtype)
-    prior = torch.randn(units, C, S, S, generator=g).to(device=device, dtype=dtype)
-    return module, general, prior, uts
+    One ``compose`` gives each unit's mixed kernel; one ``dyn_conv`` launch with ragged
+    jobs runs the fixed expert once per *sample* and the mixed kernel once per unit —
+    the job layout the primitives must serve, checked against
+    :func:`unimmad.models.cmoe.grouped_dynamic_filter`."""
+    B, U, k = x.shape[0], unit_to_sample.shape[0], fixed.shape[-1]
+    mixed = cmoe_ops.compose(cmoe_ops.to_bank(base, backend), leaders, indices, scores, backend)
+    bank = torch.cat([cmoe_ops.to_bank(fixed, backend).unsqueeze(0).to(mixed.dtype), mixed], 0)
+    dev = x.device
+    job_sample = torch.cat([torch.arange(B, device=dev), unit_to_sample])
+    job_weight = torch.cat([torch.zeros(B, dtype=torch.long, device=dev),
+                            torch.arange(1, U + 1, device=dev)])
+    y = cmoe_ops.dyn_conv(x, bank.to(x.dtype), job_sample, job_weight, k, backend)
+    return torch.cat([y[:B][unit_to_sample], y[B:]], 1)

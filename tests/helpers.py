@@ -3,24 +3,7 @@ from __future__ import annotations
 
 import torch
 
-# SPEC §3: ‖out − ref‖ / ‖ref‖ against a float64 reference.
-TOL = {
-    "fp32": 1e-5,
-    "tf32": 2e-3,
-    "bf16": 2e-2,
-    "fp16": 2e-2,
-    "grad": 1e-4,
-}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``‖out − ref‖ / ‖ref‖`` in float64; NaN or Inf anywhere gives ``inf``."""
-    out64, ref64 = out.detach().double(), ref.detach().double()
-    if not bool(torch.isfinite(out64).all()):
-        return float("inf")
-    den = ref64.norm()
-    num = (out64 - ref64).norm()
-    return float(num / den) if den > 0 else float(num)
+from unimmad.bench.parity import TOL, rel_err  # noqa: F401  (the SPEC §3 table, one copy)
 
 
 def assert_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, name: str = "output") -> None:

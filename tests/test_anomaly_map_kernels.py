@@ -461,7 +461,7 @@ def test_triton_rejects_float64():
         kernels.anomaly_map(pri, pre, uts, 8, backend="triton")
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or amap_triton.INTERPRET,
+@pytest.mark.skipif(torch.cuda.is_available() or kernels.backend.INTERPRET,
                     reason="only where Triton cannot run")
 def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     pri, pre, uts = make_levels([0], dims=((4, 3, 3),))

@@ -16,7 +16,7 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
           "--iters", "2", "--out", str(tmp_path), "--no-isolate", "--quiet"])
     rec = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["section"], r["provider"], r.get("level")): r for r in rec["results"]}
-    ref, acc = rows[("model", "reference", None)], rows[("model", "accelerated", None)]
+    ref, acc = rows[("model", "reference", None)], rows[("model", "torch", None)]
     assert ref["units"] == 6 and len(ref["times_s"]) == 2 and ref["samples_per_s"] > 0
     from unimmad import UniMMAD, UniMMADConfig
     n_params = sum(p.numel() for p in UniMMAD(UniMMADConfig.tiny()).parameters())
@@ -28,9 +28,10 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
     assert acc["parity_rel_err"] <= acc["parity_tol"] and acc["status"] == "ok"
     assert acc["speedup"] > 0
     for level in (1, 2, 3):
-        fast = rows[("cmoe", "fast (torch)", level)]
+        fast = rows[("cmoe", "torch", level)]
         assert fast["status"] == "ok" and fast["gflop"] < rows[("cmoe", "reference", level)]["gflop"]
-    amap = rows[("map", "fast (torch)", None)]
+    assert rows[("cmoe", "torch", "all")]["speedup"] > 0
+    amap = rows[("map", "torch", None)]
     assert amap["status"] == "ok" and amap["gbps"] > 0 and amap["parity_rel_err"] <= amap["parity_tol"]
     assert rec["meta"]["torch"] and rec["config"]["image_size"] == 64
     assert "samples/s" in (tmp_path / "bench.md").read_text()
@@ -38,9 +39,9 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_bench_reports_failing_parity_without_speedup(monkeypatch, tmp_path):
-    from unimmad import bench
-    monkeypatch.setattr(bench, "parity_tolerance", lambda dtype, device: 0.0)
-    rec = bench.run(build_parser().parse_args(
+    from unimmad.bench import run, sections
+    monkeypatch.setattr(sections, "tolerance", lambda dtype, device: 0.0)
+    rec = run(build_parser().parse_args(
         ["bench", "--preset", "tiny", "--sections", "model", "--warmup", "0", "--iters", "1",
          "--out", str(tmp_path), "--no-isolate", "--quiet", "--no-flops"]))
     acc = rec["results"][1]

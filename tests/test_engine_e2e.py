@@ -69,7 +69,7 @@ def test_train_kill_resume_evaluate(demo_data, tmp_path):
     data_root = os.path.dirname(demo_data["mvtec3d"])
     proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, data_root, out, str(EPOCHS)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 900   # a hang guard, not a speed check (CI machines may be busy)
     while _epochs_logged(os.path.join(out, "log.jsonl")) < 3:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline, "the training subprocess made no progress"

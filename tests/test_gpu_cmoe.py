@@ -3,14 +3,14 @@ without a GPU; ``benchmarks/gpu_suite.sh`` runs them on a lent H200."""
 import pytest
 import torch
 
-from cmoe_cases import paper_level_case
+from kernels import FastCMoE
+from unimmad.bench.cases import level_case
 from helpers import TOL, assert_rel
 
 pytestmark = pytest.mark.gpu
 
 
 def _fast(module, backend="triton"):
-    from kernels import FastCMoE
     return FastCMoE.from_reference(module, backend=backend)
 
 
@@ -25,7 +25,7 @@ def _routing(module, units, seed=0):
 @pytest.mark.parametrize("level", [1, 2, 3])
 def test_fp32_ieee_whole_cmoe(level, no_tf32):
     # 4 units from 2 samples (shared values), eval mode, full-precision dot
-    module, general, prior, uts = paper_level_case(level, 4, samples=2, device="cuda")
+    module, general, prior, uts = level_case(level, 4, samples=2, device="cuda")
     module.eval()
     fast = _fast(module)
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_fp32_ieee_whole_cmoe(level, no_tf32):
 def test_branch_with_fixed_routing(level, precision, dtype, tol):
     """TF32 and bf16 change the router's inputs enough to flip near-tied leaders, so the
     reduced-precision contract is checked per branch with the routing given."""
-    module, general, prior, uts = paper_level_case(level, 8, samples=4, device="cuda")
+    module, general, prior, uts = level_case(level, 8, samples=4, device="cuda")
     fast = _fast(module).to(dtype)
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -62,7 +62,7 @@ def test_branch_with_fixed_routing(level, precision, dtype, tol):
 
 
 def test_fp32_gradients_level3(no_tf32):
-    module, general, prior, uts = paper_level_case(3, 4, samples=2, device="cuda")
+    module, general, prior, uts = level_case(3, 4, samples=2, device="cuda")
     module.train()
     fast = _fast(module)
     ref64 = module.double()
@@ -82,7 +82,7 @@ def test_fp32_gradients_level3(no_tf32):
 
 def test_triton_matches_torch_backend_bf16_u32():
     # the benchmark configuration: U = 32 units, bf16, channels_last
-    module, general, prior, uts = paper_level_case(1, 32, device="cuda")
+    module, general, prior, uts = level_case(1, 32, device="cuda")
     module.eval()
     fast_t = _fast(module, "triton").to(torch.bfloat16)
     fast_p = _fast(module, "torch").to(torch.bfloat16)

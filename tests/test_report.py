@@ -1,11 +1,6 @@
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks.report import build  # noqa: E402
+from benchmarks.report import build
 
 
 def test_report_from_all_formats(tmp_path):
@@ -14,7 +9,7 @@ def test_report_from_all_formats(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"meta": meta, "results": [
         {"section": "model", "provider": "reference", "batch": 1, "units": 2,
          "latency_median_ms": 100.0, "samples_per_s": 10.0, "status": "ok", "speedup": 1.0},
-        {"section": "model", "provider": "accelerated", "batch": 1, "units": 2,
+        {"section": "model", "provider": "torch", "batch": 1, "units": 2,
          "latency_median_ms": 50.0, "samples_per_s": 20.0, "parity_rel_err": 1e-7,
          "status": "ok", "speedup": 2.0}]}))
     stats = lambda m: {"median": m, "iqr": 0.01, "rounds": 3}
@@ -23,10 +18,10 @@ def test_report_from_all_formats(tmp_path):
          "extra_info": {"provider": "reference", "batch": 2, "samples_per_s": 5.0, "device": "cpu",
                         "env": meta}},
         {"name": "b", "group": "model-B2", "stats": stats(0.2),
-         "extra_info": {"provider": "accelerated", "batch": 2, "samples_per_s": 10.0,
+         "extra_info": {"provider": "torch", "batch": 2, "samples_per_s": 10.0,
                         "device": "cpu"}}]}))
     (tmp_path / "gpu_model.json").write_text(json.dumps({"meta": dict(meta, device="cuda"), "rows": [
-        {"provider": "accelerated", "batch": 32, "modalities": 2, "dtype": "bfloat16", "ms": 8.0,
+        {"provider": "torch", "batch": 32, "modalities": 2, "dtype": "bfloat16", "ms": 8.0,
          "samples_per_s": 4000.0, "error": None}]}))
     (tmp_path / "junk.json").write_text("{}")
     md, png = tmp_path / "RESULTS.md", tmp_path / "throughput.png"

@@ -8,12 +8,12 @@ import torch
 from unimmad import CMoE
 from unimmad.models.cmoe import compose_leader_kernels, grouped_dynamic_filter
 
-from cmoe_cases import (dyn_conv_reference, make_cmoe, oihw_from_bank, route_all_to,
-                        smooth_inputs)
+from cmoe_cases import (dyn_conv_reference, dynamic_filter, make_cmoe, oihw_from_bank,
+                        route_all_to, smooth_inputs)
 from helpers import TOL, assert_rel
 
-triton_impl = pytest.importorskip("kernels.triton_impl")
-from kernels import FastCMoE, dynamic_filter, ops  # noqa: E402
+from kernels import FastCMoE, cmoe_ops
+from kernels import cmoe_triton as triton_impl
 
 pytestmark = pytest.mark.interpreter
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,8 +60,7 @@ def test_dyn_conv_backward(k, no_tf32):
     w64 = w.cpu().double().requires_grad_(True)
     ref = dyn_conv_reference(x64, w64, js.cpu(), jw.cpu(), k, "triton")
     dx_ref, dw_ref = torch.autograd.grad(ref, (x64, w64), g.cpu().double())
-    dx = triton_impl.dyn_conv_grad_input(g, w, js, jw, k, 3, "ieee")
-    dw = triton_impl.dyn_conv_grad_weight(g, x, js, jw, k, 4, "ieee")
+    dx, dw = triton_impl.dyn_conv_backward(g, x, w, js, jw, k, "ieee", True, True)
     assert_rel(dx, dx_ref.to(DEV), TOL["grad"], "grad x")
     assert_rel(dw, dw_ref.to(DEV), TOL["grad"], "grad weight")
 
@@ -79,7 +78,7 @@ def test_compose(K, idx_rows):
     scores = torch.softmax(torch.randn(len(idx_rows), K, dtype=torch.float64), 1)
     ref = (compose_leader_kernels(base, leaders, idx) * scores[:, :, None, None, None, None]).sum(1)
     out = torch.full((len(idx_rows), Co, k * k * Ci), float("nan"), device=DEV)
-    got = triton_impl.compose(ops.to_bank(base, "triton").float().to(DEV), leaders.float().to(DEV),
+    got = triton_impl.compose(triton_impl.to_bank(base).float().to(DEV), leaders.float().to(DEV),
                               idx.to(DEV), scores.float().to(DEV), out=out)
     assert_rel(oihw_from_bank(got, k, "triton"), ref.to(DEV), TOL["fp32"], "compose")
 

@@ -2,7 +2,12 @@
 
 Public API::
 
-    from unimmad import UniMMADConfig, UniMMAD, CMoE, anomaly_map, image_score
+    from unimmad import UniMMADConfig, UniMMAD, CMoE, anomaly_map, image_score, accelerate
+
+Layering: the core (``config``, ``checks``, ``models``, ``scoring``, ``losses``) never
+imports :mod:`kernels`; :mod:`kernels` builds on the core; ``engine``, ``bench`` and ``cli``
+import both.  This façade imports the core first and then re-exports
+:func:`kernels.accelerate` (``unimmad.accelerate``).
 """
 from .config import UniMMADConfig
 from .losses import decompression_loss, moe_anneal_factor
@@ -12,14 +17,8 @@ from .scoring import anomaly_map, cosine_anomaly, gaussian_blur, image_score
 
 __version__ = "0.1.0"
 
-
-def accelerate(model, backend: str = "auto"):
-    """Swap every C-MoE of ``model`` for :class:`kernels.FastCMoE` in place (fused
-    collapse + fold kernels) and, for a :class:`UniMMAD`, its anomaly-map, image-score and
-    decompression-loss functions for the fused ones (Triton on CUDA, the torch fast path
-    elsewhere); returns ``model``.  See :func:`kernels.accelerate`."""
-    from kernels import accelerate as _accelerate
-    return _accelerate(model, backend)
+# After the core: kernels imports unimmad.models / scoring / losses.
+from kernels.accelerate import accelerate  # noqa: E402
 
 
 __all__ = [

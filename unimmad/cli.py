@@ -9,6 +9,8 @@ import os
 import sys
 import textwrap
 
+from . import bench
+
 __all__ = ["main", "build_parser"]
 
 
@@ -147,8 +149,6 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench
-
     parser = argparse.ArgumentParser(
         prog="unimmad", description="UniMMAD anomaly detection: train, evaluate, predict, "
         "benchmark, and a self-contained demo.")
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="benchmark inference on generated inputs",
-                       description=bench.__doc__,
+                       description=bench.DESCRIPTION,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)

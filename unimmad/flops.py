@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from .models.cmoe import CMoE
+
 __all__ = ["cmoe_gflop", "FORMS"]
 
 FORMS = ("reference", "collapsed", "folded")
@@ -56,6 +58,8 @@ def _numel(shape) -> int:
     return n
 
 
+# fvcore is imported where it is used: it is a dependency of FLOP counting only (the GPU
+# machine's image, for one, does not carry it).
 def _dyn_conv_macs(inputs, outputs) -> int:
     from fvcore.nn.jit_handles import get_shape
     x, w, job_sample = (get_shape(v) for v in inputs[:3])
@@ -106,7 +110,6 @@ def activated_parameters(model) -> int:
     paper dims this removes 3 · 6 · 256² · (1 + 9 + 25) = 41.29 M, the paper's
     233.66 − 192.38 difference.
     """
-    from .models.cmoe import CMoE
     total = sum(p.numel() for p in model.parameters())
     for m in model.modules():
         if isinstance(m, CMoE):

@@ -1,79 +1,52 @@
 """The fused C-MoE primitives as ``torch.library`` custom ops, with autograd.
 
-``unimmad::dyn_conv``, ``unimmad::compose`` and ``unimmad::mix`` (and the gradient ops
-they use) dispatch on a ``backend`` argument — ``"torch"`` (:mod:`kernels.torch_impl`) or
-``"triton"`` (:mod:`kernels.triton_impl`) — and have fake (meta) implementations, so a
-model calling them compiles under ``torch.compile`` without graph breaks.
+``unimmad::dyn_conv``, ``unimmad::compose`` and ``unimmad::mix`` (and the gradient op of
+``dyn_conv``) take the resolved backend name as an argument; each op body is one lookup
+into :data:`IMPLS` — :mod:`kernels.cmoe_torch` or :mod:`kernels.cmoe_triton`, which have
+the same function signatures.  Fake (meta) implementations let a model calling them
+compile under ``torch.compile`` without graph breaks.
+
+The public functions (:func:`dyn_conv`, :func:`compose`, :func:`mix`, :func:`to_bank`)
+take any backend name and resolve it with :func:`kernels.backend.resolve`.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import torch_impl, triton_impl
+from . import cmoe_torch, cmoe_triton
+from .backend import default_precision, resolve
 
-__all__ = ["dyn_conv", "compose", "mix", "resolve_backend", "kernel_backend",
-           "default_precision", "to_bank", "BACKENDS"]
+__all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank"]
 
-BACKENDS = ("auto", "triton", "torch", "reference")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` → ``triton`` on CUDA tensors, ``torch`` elsewhere.  ``triton`` where it
-    cannot run raises a clear ``RuntimeError`` (never a silent fallback)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_impl.HAVE_TRITON else "torch"
-    if backend == "triton":
-        if not triton_impl.HAVE_TRITON:
-            raise RuntimeError("backend='triton' needs the triton package (Linux)")
-        if device.type != "cuda" and not triton_impl.INTERPRET:
-            raise RuntimeError(
-                f"backend='triton' cannot run on {device.type} tensors: it needs CUDA (or "
-                "TRITON_INTERPRET=1 set before importing kernels, for the CPU interpreter); "
-                "use backend='torch' or 'auto'")
-    return backend
+#: Implementation of each resolved backend.  The primitives have no separate reference
+#: (the paper's formulation is the whole layer, :class:`unimmad.CMoE`), so ``"reference"``
+#: runs the stock-torch algebra.
+IMPLS = {"torch": cmoe_torch, "triton": cmoe_triton, "reference": cmoe_torch}
 
 
-def kernel_backend(backend: str, device: torch.device) -> str:
-    """The implementation a fused op runs: :func:`resolve_backend`, with ``"reference"``
-    (meaningful for whole layers) served by the torch implementation."""
-    backend = resolve_backend(backend, device)
-    return "torch" if backend == "reference" else backend
-
-
-def to_bank(w: Tensor, backend: str) -> Tensor:
-    """Conv kernels ``[..., Co, Ci, k, k]`` → the backend's bank layout ``[..., Co, R]``:
-    ``R = (ci, kh, kw)`` for ``torch`` (OIHW), ``(kh, kw, ci)`` for ``triton`` (OHWI)."""
-    if backend == "triton":
-        return w.movedim(-3, -1).flatten(-3)
-    return w.flatten(-3)
-
-
-def default_precision() -> str:
-    """fp32 dot precision of the Triton kernels: ``"tf32"`` when cuDNN convolutions may use
-    TF32 (``torch.backends.cudnn.allow_tf32``, PyTorch's default), else ``"ieee"``."""
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+def to_bank(w: Tensor, backend: str = "auto") -> Tensor:
+    """Conv kernels ``[..., Co, Ci, k, k]`` → the bank layout ``[..., Co, R]`` of the backend
+    that runs on ``w``'s device: ``R = (ci, kh, kw)`` for ``torch`` (OIHW), ``(kh, kw, ci)``
+    for ``triton`` (OHWI)."""
+    return IMPLS[resolve(backend, w)].to_bank(w)
 
 
 # ----------------------------------------------------------------------------- dyn_conv
 @torch.library.custom_op("unimmad::dyn_conv", mutates_args=())
 def _dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
               same_samples: bool, same_weights: bool, backend: str, precision: str) -> Tensor:
-    if backend == "triton":
-        return triton_impl.dyn_conv(x, weight, job_sample, job_weight, k, precision)
-    return torch_impl.dyn_conv(x, weight, job_sample, job_weight, k, same_samples,
-                               same_weights)
+    return IMPLS[backend].dyn_conv(x, weight, job_sample, job_weight, k, precision,
+                                   same_samples, same_weights)
 
 
 @_dyn_conv.register_fake
 def _(x, weight, job_sample, job_weight, k, same_samples, same_weights, backend, precision):
     shape = (job_sample.shape[0], weight.shape[1], x.shape[2], x.shape[3])
-    fmt = torch.channels_last if backend == "triton" else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=IMPLS[backend].DYN_CONV_FORMAT)
 
 
 @torch.library.custom_op("unimmad::dyn_conv_backward", mutates_args=())
@@ -82,17 +55,9 @@ def _dyn_conv_backward_op(grad: Tensor, x: Tensor, weight: Tensor, job_sample: T
                           backend: str, precision: str, need_x: bool,
                           need_w: bool) -> Tuple[Tensor, Tensor]:
     """Gradients of ``dyn_conv`` for x and weight (an empty tensor where not needed)."""
-    if backend == "triton":
-        dx = dw = None
-        if need_x:
-            dx = triton_impl.dyn_conv_grad_input(grad, weight, job_sample, job_weight, k,
-                                                 x.shape[0], precision)
-        if need_w:
-            dw = triton_impl.dyn_conv_grad_weight(grad, x, job_sample, job_weight, k,
-                                                  weight.shape[0], precision)
-    else:
-        dx, dw = torch_impl.dyn_conv_backward(grad, x, weight, job_sample, job_weight, k,
-                                              need_x, need_w, same_samples, same_weights)
+    dx, dw = IMPLS[backend].dyn_conv_backward(grad, x, weight, job_sample, job_weight, k,
+                                              precision, need_x, need_w, same_samples,
+                                              same_weights)
     dx = dx.to(x.dtype).contiguous() if need_x else x.new_empty(0)
     dw = dw.to(weight.dtype).contiguous() if need_w else weight.new_empty(0)
     return dx, dw
@@ -125,27 +90,25 @@ _dyn_conv.register_autograd(_dyn_conv_backward, setup_context=_dyn_conv_setup)
 
 
 def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
-             backend: str = "auto", precision: str | None = None,
+             backend: str = "auto", precision: Optional[str] = None,
              same_samples: bool = False, same_weights: bool = False) -> Tensor:
     """Per-job convolution ``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])``.
 
     x ``[B, Ci, H, W]`` (NCHW or channels-last), weight ``[NW, Co, R]`` (bank layout of the
-    backend, see :func:`to_bank`),
-    job indices ``[J]`` long → ``[J, Co, H, W]``; stride 1, zero padding ``k // 2``.
-    Differentiable in ``x`` and ``weight``.  ``same_samples``/``same_weights`` promise the
-    index is ``arange`` (lets the torch backend skip a gather).
+    backend, see :func:`to_bank`), job indices ``[J]`` long → ``[J, Co, H, W]``; stride 1,
+    zero padding ``k // 2``.  Differentiable in ``x`` and ``weight``.  ``precision``: fp32
+    dot precision (default :func:`kernels.backend.default_precision`).  ``same_samples`` /
+    ``same_weights`` promise the index is ``arange`` (lets the torch backend skip a gather).
     """
     return _dyn_conv(x, weight, job_sample, job_weight, int(k), bool(same_samples),
-                     bool(same_weights), kernel_backend(backend, x.device),
+                     bool(same_weights), resolve(backend, x, weight),
                      precision or default_precision())
 
 
 # ----------------------------------------------------------------------------- compose
 @torch.library.custom_op("unimmad::compose", mutates_args=())
 def _compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_impl.compose(base, leaders, idx, scores)
-    return torch_impl.compose(base, leaders, idx, scores)
+    return IMPLS[backend].compose(base, leaders, idx, scores)
 
 
 @_compose.register_fake
@@ -184,17 +147,16 @@ _compose.register_autograd(_compose_backward, setup_context=_compose_setup)
 def compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor,
             backend: str = "auto") -> Tensor:
     """Mixed routed kernel per unit (MoE-in-MoE composition + collapse of the top-K):
-    base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
-    Differentiable in ``base``, ``leaders`` and ``scores``."""
-    return _compose(base, leaders, idx, scores, kernel_backend(backend, base.device))
+    base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders
+    ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.  Differentiable in ``base``,
+    ``leaders`` and ``scores``."""
+    return _compose(base, leaders, idx, scores, resolve(backend, base, leaders))
 
 
 # ----------------------------------------------------------------------------- mix
 @torch.library.custom_op("unimmad::mix", mutates_args=())
 def _mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_impl.mix(g0, bank, idx, scores)
-    return torch_impl.mix(g0, bank, idx, scores)
+    return IMPLS[backend].mix(g0, bank, idx, scores)
 
 
 @_mix.register_fake
@@ -228,4 +190,4 @@ _mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 def mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str = "auto") -> Tensor:
     """Folded per-unit kernels ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``:
     g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three."""
-    return _mix(g0, bank, idx, scores, kernel_backend(backend, bank.device))
+    return _mix(g0, bank, idx, scores, resolve(backend, g0, bank))

@@ -1,25 +1,47 @@
-"""The C-MoE algebra of SPEC §2 in stock PyTorch ops (the "torch" backend).
+"""The C-MoE algebra of SPEC §2 in stock PyTorch ops — the ``"torch"`` implementation of
+:mod:`kernels.cmoe_ops`, with the same function signatures as :mod:`kernels.cmoe_triton`.
 
 Layouts:
 
 * kernel banks are ``[..., Co, R]`` with ``R = Ci·k·k``; this backend orders R as
   ``(ci, kh, kw)`` (OIHW, what oneDNN/cuDNN convolutions run fastest on), the Triton
-  backend as ``(kh, kw, ci)`` (OHWI) — see :func:`kernels.ops.to_bank`;
+  backend as ``(kh, kw, ci)`` (OHWI) — see :func:`to_bank`;
 * activations are logical NCHW tensors in any memory format.
 
-Every function here is differentiable by autograd; ``kernels.ops`` wraps them as
+``precision`` is accepted for the shared signature: stock convolutions follow
+``torch.backends.cudnn.allow_tf32``, the switch :func:`kernels.backend.default_precision`
+reads.  ``out=`` buffers are filled by a copy.  ``kernels.cmoe_ops`` wraps these functions as
 ``torch.library`` custom ops with explicit backward formulas.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["compose", "mix", "dyn_conv", "dyn_conv_backward"]
+from .backend import output
+
+__all__ = ["DYN_CONV_FORMAT", "to_bank", "compose", "mix", "dyn_conv", "dyn_conv_backward"]
+
+#: Memory format of :func:`dyn_conv`'s output (what the grouped convolution returns).
+DYN_CONV_FORMAT = torch.contiguous_format
+
+
+def _deliver(out: Optional[torch.Tensor], result: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return result
+    return output(out, result.shape, result.dtype, result.device, contiguous=False).copy_(result)
+
+
+def to_bank(w: torch.Tensor) -> torch.Tensor:
+    """Conv kernels ``[..., Co, Ci, k, k]`` → this backend's bank ``[..., Co, R]`` with
+    ``R = (ci, kh, kw)`` (OIHW, a free view)."""
+    return w.flatten(-3)
 
 
 def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
-            scores: torch.Tensor) -> torch.Tensor:
+            scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mixed routed kernel of every unit (collapse + MoE-in-MoE).
 
     ``M[u, o, r] = Σ_n α[u, n, o] · base[n, o, r]`` with
@@ -29,19 +51,20 @@ def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
     acc = torch.promote_types(base.dtype, torch.float32)
     p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
     alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
-    return torch.einsum("uno,nor->uor", alpha, base.to(acc)).to(base.dtype).contiguous()
+    mixed = torch.einsum("uno,nor->uor", alpha, base.to(acc)).to(base.dtype).contiguous()
+    return _deliver(out, mixed)
 
 
 def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
-        scores: torch.Tensor) -> torch.Tensor:
+        scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Folded per-unit kernel ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``.
 
     g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
     """
-    out = g0.unsqueeze(0).repeat(idx.shape[0], 1, 1)
+    w = g0.unsqueeze(0).repeat(idx.shape[0], 1, 1)
     for j in range(idx.shape[1]):
-        out.addcmul_(bank.index_select(0, idx[:, j]), scores[:, j, None, None].to(bank.dtype))
-    return out
+        w.addcmul_(bank.index_select(0, idx[:, j]), scores[:, j, None, None].to(bank.dtype))
+    return _deliver(out, w)
 
 
 def _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights):
@@ -53,11 +76,12 @@ def _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights):
 
 
 def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
-             job_weight: torch.Tensor, k: int, same_samples: bool = False,
-             same_weights: bool = False) -> torch.Tensor:
+             job_weight: torch.Tensor, k: int, precision: str = "ieee",
+             same_samples: bool = False, same_weights: bool = False,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-job convolution: ``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])``.
 
-    x ``[B, Ci, H, W]``, weight ``[NW, Co, k·k·Ci]`` (OHWI) → ``[J, Co, H, W]``; stride 1,
+    x ``[B, Ci, H, W]``, weight ``[NW, Co, Ci·k·k]`` (:func:`to_bank`) → ``[J, Co, H, W]``; stride 1,
     zero padding ``k // 2``.  One grouped convolution over all jobs (``groups = J``), or one
     batched matmul for ``k = 1``; the ``same_*`` hints say the index is ``arange`` so no
     gather copy is made.
@@ -66,17 +90,19 @@ def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
         xg = x if same_samples else x[job_sample]
         wg = weight if same_weights else weight[job_weight]
         J, ci, H, W = xg.shape
-        return torch.matmul(wg, xg.reshape(J, ci, H * W)).view(J, -1, H, W)
+        return _deliver(out, torch.matmul(wg, xg.reshape(J, ci, H * W)).view(J, -1, H, W))
     xg, wg, J = _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights)
     y = F.conv2d(xg, wg, padding=k // 2, groups=J)
-    return y.view(J, -1, *y.shape[2:])
+    return _deliver(out, y.view(J, -1, *y.shape[2:]))
 
 
 def dyn_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                       job_sample: torch.Tensor, job_weight: torch.Tensor, k: int,
-                      need_x: bool, need_w: bool, same_samples: bool = False,
-                      same_weights: bool = False):
-    """Gradients of :func:`dyn_conv` for ``x`` and ``weight`` (``None`` where not needed)."""
+                      precision: str, need_x: bool, need_w: bool,
+                      same_samples: bool = False, same_weights: bool = False
+                      ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of :func:`dyn_conv` for ``x`` and ``weight`` (``None`` where not needed),
+    both from one ``convolution_backward`` of the grouped convolution."""
     xg, wg, J = _grouped(x, weight, job_sample, job_weight, k, same_samples, same_weights)
     g = grad.reshape(1, -1, *grad.shape[2:])
     gx, gw, _ = torch.ops.aten.convolution_backward(

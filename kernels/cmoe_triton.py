@@ -1,4 +1,6 @@
-"""Triton kernels of the fused C-MoE (SPEC §2), with their launchers.
+"""Triton kernels of the fused C-MoE (SPEC §2), with their launchers — the ``"triton"``
+implementation of :mod:`kernels.cmoe_ops` (same function signatures as
+:mod:`kernels.cmoe_torch`).
 
 Index contract
 ==============
@@ -25,9 +27,9 @@ Kernels:
 
 * ``_dyn_conv_kernel`` — implicit-GEMM convolution, stride 1, zero padding ``k // 2``;
   M = pixels of one job, N = Co, K = k·k·Ci; grid ``(N tiles, M tiles, J)``.  The C-MoE
-  calls it with one job per unit (folded kernels) or one job per sample for the fixed
-  expert plus one per unit for the mixed routed kernel (``kernels.dynamic_filter``);
-  x is never replicated.  Also computes the input gradient (flipped, transposed bank).
+  calls it with one job per unit (the unit's folded kernel) reading its sample's x in
+  place: x is never replicated.  Also computes the input gradient (flipped, transposed
+  bank).
 * ``_wgrad_kernel`` — weight gradient of one job per tap: ``dW[j, :, tap, :] =
   dyᵀ · shift(x)``, reduction over pixels; grid ``(Ci tiles, Co tiles, J·k·k)``.
 * ``_compose_kernel`` — MoE-in-MoE composition fused with the collapse: for unit ``u``,
@@ -41,66 +43,34 @@ per tensor (no pointer arrays), so every kernel runs under ``TRITON_INTERPRET=1`
 """
 from __future__ import annotations
 
-import os
+from typing import Optional, Tuple
 
 import torch
 
-try:  # triton is a Linux-only dependency
-    import triton
-    import triton.language as tl
-    HAVE_TRITON = True
-except Exception:  # pragma: no cover - exercised only where triton is missing
-    triton = tl = None
-    HAVE_TRITON = False
+from .backend import HAVE_TRITON, INTERPRET, configs, output, resolve, tl, triton
 
-__all__ = ["HAVE_TRITON", "INTERPRET", "check_usable", "dyn_conv", "dyn_conv_grad_input",
-           "dyn_conv_grad_weight", "compose", "mix", "flip_bank"]
+__all__ = ["DYN_CONV_FORMAT", "to_bank", "dyn_conv", "dyn_conv_backward", "compose", "mix",
+           "flip_bank"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-AUTOTUNE = os.environ.get("UNIMMAD_AUTOTUNE", "1") != "0" and not INTERPRET
+#: Memory format of :func:`dyn_conv`'s output (pixels × channels tiles are stored NHWC).
+DYN_CONV_FORMAT = torch.channels_last
 
 
-def check_usable(*tensors: torch.Tensor) -> None:
-    """Raise a clear error where the Triton backend cannot run these tensors."""
-    if not HAVE_TRITON:
-        raise RuntimeError("backend='triton' needs the triton package (Linux); use "
-                           "backend='torch'")
-    for t in tensors:
-        if t.device.type == "cuda":
-            continue
-        if t.device.type == "cpu" and INTERPRET:
-            continue
-        raise RuntimeError(
-            f"backend='triton' needs CUDA tensors (got a {t.device.type} tensor); set "
-            "TRITON_INTERPRET=1 before importing kernels to run it on the CPU interpreter, "
-            "or use backend='torch'")
-
-
-def _pinned(block_k: int):
-    """The one configuration used under the interpreter or with UNIMMAD_AUTOTUNE=0."""
-    small = INTERPRET
-    return [triton.Config({"BLOCK_M": 32 if small else 64, "BLOCK_N": 32 if small else 64,
-                           "BLOCK_K": 16 if small else block_k}, num_warps=4, num_stages=3)]
+# Tile configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).  The pinned
+# row is the one used under the interpreter (small tiles: ~2 ms per program there) or with
+# UNIMMAD_AUTOTUNE=0.
+_TILE = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+_CONV_TUNED = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 32, 4, 3)]
+_WGRAD_TUNED = [(64, 64, 64, 4, 3), (128, 128, 32, 8, 3)]
+_INTERPRETER_TILE = (32, 32, 16, 4, 3)
 
 
 def _conv_configs():
-    if not AUTOTUNE:
-        return _pinned(32)
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    ]
+    return configs(_TILE, _CONV_TUNED, _INTERPRETER_TILE if INTERPRET else (64, 64, 32, 4, 3))
 
 
 def _wgrad_configs():
-    if not AUTOTUNE:
-        return _pinned(64)
-    return [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    ]
+    return configs(_TILE, _WGRAD_TUNED, _INTERPRETER_TILE if INTERPRET else (64, 64, 64, 4, 3))
 
 
 if HAVE_TRITON:
@@ -147,11 +117,10 @@ if HAVE_TRITON:
 
     @triton.autotune(configs=_wgrad_configs(), key=["H", "W", "Ci", "Co", "KS"])
     @triton.jit
-    def _wgrad_kernel(x_ptr, g_ptr, dw_ptr, job_sample_ptr,
-                      H, W, Ci, Co, R,
-                      sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-                      KS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _wgrad_kernel(x_ptr, g_ptr, dw_ptr, job_sample_ptr, H, W, Ci, Co, R,
+                      sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, KS: tl.constexpr,
+                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_ci = tl.program_id(0)
         pid_co = tl.program_id(1)
         jt = tl.program_id(2)
@@ -244,24 +213,20 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
-def _output(out, shape, dtype, device, contiguous: bool = True, **empty_kw):
-    """``out`` checked against shape/dtype/device (and contiguity), or a new tensor."""
-    if out is None:
-        return torch.empty(shape, dtype=dtype, device=device, **empty_kw)
-    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
-        raise ValueError(f"out must be {tuple(shape)} {dtype} on {device}, got "
-                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
-    if contiguous and not out.is_contiguous():
-        raise ValueError("out must be contiguous")
-    return out
+def to_bank(w: torch.Tensor) -> torch.Tensor:
+    """Conv kernels ``[..., Co, Ci, k, k]`` → this backend's bank ``[..., Co, R]`` with
+    ``R = (kh, kw, ci)`` (OIHW stored OHWI: a K slice of the implicit GEMM is contiguous)."""
+    return w.movedim(-3, -1).flatten(-3)
 
 
 def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
              job_weight: torch.Tensor, k: int, precision: str = "ieee",
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             same_samples: bool = False, same_weights: bool = False,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``y[j] = conv(x[job_sample[j]], weight[job_weight[j]])`` → ``[J, Co, H, W]``
-    (channels-last memory unless ``out`` is given).  See the index contract above."""
-    check_usable(x, weight)
+    (channels-last memory unless ``out`` is given).  See the index contract above; the
+    ``same_*`` hints of the torch path are accepted and not needed here."""
+    resolve("triton", x, weight, job_sample, job_weight)
     if x.dtype != weight.dtype:
         raise TypeError(f"dyn_conv: x ({x.dtype}) and weight ({weight.dtype}) must share a dtype")
     B, Ci, H, W = x.shape
@@ -270,8 +235,8 @@ def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
         raise ValueError(f"weight bank R={R} does not match k={k}, Ci={Ci}")
     J = job_sample.shape[0]
     weight = weight.contiguous()
-    y = _output(out, (J, Co, H, W), x.dtype, x.device, contiguous=False,
-                memory_format=torch.channels_last)
+    y = output(out, (J, Co, H, W), x.dtype, x.device, contiguous=False,
+               memory_format=torch.channels_last)
     if J == 0:
         return y
     grid = lambda meta: (triton.cdiv(Co, meta["BLOCK_N"]), triton.cdiv(H * W, meta["BLOCK_M"]), J)
@@ -290,9 +255,9 @@ def flip_bank(weight: torch.Tensor, k: int) -> torch.Tensor:
     return weight.view(NW, Co, k, k, Ci).flip(2, 3).permute(0, 4, 2, 3, 1).reshape(NW, Ci, -1)
 
 
-def dyn_conv_grad_input(grad: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
-                        job_weight: torch.Tensor, k: int, num_samples: int,
-                        precision: str = "ieee") -> torch.Tensor:
+def _grad_input(grad: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
+                job_weight: torch.Tensor, k: int, num_samples: int,
+                precision: str) -> torch.Tensor:
     """``dx[b] = Σ_{j: job_sample[j] = b} conv_transpose(grad[j], weight[job_weight[j]])``."""
     J = grad.shape[0]
     jobs = torch.arange(J, device=grad.device)
@@ -302,12 +267,11 @@ def dyn_conv_grad_input(grad: torch.Tensor, weight: torch.Tensor, job_sample: to
     return out.to(grad.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def dyn_conv_grad_weight(grad: torch.Tensor, x: torch.Tensor, job_sample: torch.Tensor,
-                         job_weight: torch.Tensor, k: int, num_weights: int,
-                         precision: str = "ieee") -> torch.Tensor:
+def _grad_weight(grad: torch.Tensor, x: torch.Tensor, job_sample: torch.Tensor,
+                 job_weight: torch.Tensor, k: int, num_weights: int,
+                 precision: str) -> torch.Tensor:
     """``dW[w] = Σ_{j: job_weight[j] = w} Σ_pixels grad[j] ⊗ shift(x[job_sample[j]])``
     → ``[NW, Co, R]`` (fp32)."""
-    check_usable(x, grad)
     B, Ci, H, W = x.shape
     J, Co = grad.shape[:2]
     R = k * k * Ci
@@ -322,13 +286,29 @@ def dyn_conv_grad_weight(grad: torch.Tensor, x: torch.Tensor, job_sample: torch.
     return out.index_add_(0, job_weight, per_job)
 
 
+def dyn_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                      job_sample: torch.Tensor, job_weight: torch.Tensor, k: int,
+                      precision: str, need_x: bool, need_w: bool,
+                      same_samples: bool = False, same_weights: bool = False
+                      ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of :func:`dyn_conv` for ``x`` and ``weight`` (``None`` where not needed):
+    the input gradient is a ``dyn_conv`` with the flipped, transposed bank; the weight
+    gradient reduces over pixels, one program per (tile, job, tap)."""
+    resolve("triton", grad, x, weight)
+    dx = _grad_input(grad, weight, job_sample, job_weight, k, x.shape[0],
+                     precision) if need_x else None
+    dw = _grad_weight(grad, x, job_sample, job_weight, k, weight.shape[0],
+                      precision) if need_w else None
+    return dx, dw
+
+
 def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
-            scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Mixed routed kernels ``[U, Co, R]`` (see ``kernels.torch_impl.compose``)."""
-    check_usable(base, leaders)
+            scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mixed routed kernels ``[U, Co, R]`` (see :func:`kernels.cmoe_torch.compose`)."""
+    resolve("triton", base, leaders, idx, scores)
     N, Co, R = base.shape
     U, K = idx.shape
-    out = _output(out, (U, Co, R), base.dtype, base.device)
+    out = output(out, (U, Co, R), base.dtype, base.device)
     if U == 0:
         return out
     BLOCK_O, BLOCK_R = (16, 32) if INTERPRET else (32, 128)
@@ -341,12 +321,12 @@ def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
 
 
 def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
-        scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Folded per-unit kernels ``[U, Co, R]`` (see ``kernels.torch_impl.mix``)."""
-    check_usable(g0, bank)
+        scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Folded per-unit kernels ``[U, Co, R]`` (see :func:`kernels.cmoe_torch.mix`)."""
+    resolve("triton", g0, bank, idx, scores)
     Co, R = g0.shape
     U, K = idx.shape
-    out = _output(out, (U, Co, R), bank.dtype, bank.device)
+    out = output(out, (U, Co, R), bank.dtype, bank.device)
     if U == 0:
         return out
     BLOCK = 1024 if INTERPRET else 2048

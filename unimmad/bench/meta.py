@@ -1,15 +1,21 @@
-"""Machine, versions and commit recorded with every benchmark result."""
+"""Machine, versions and commit recorded with every benchmark result, and peak memory."""
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
+import resource
 import subprocess
 from typing import Dict, Optional
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["environment", "git_commit", "peak_memory_mb", "sync"]
+from kernels.backend import triton
+
+from .timing import sync
+
+__all__ = ["environment", "git_commit", "peak_memory_mb", "peak_rss_mb"]
 
 
 def git_commit() -> Optional[str]:
@@ -36,11 +42,7 @@ def _cpu_name() -> str:
 
 def environment(device: Optional[torch.device] = None) -> Dict[str, object]:
     """Where and with what a result was measured."""
-    try:
-        import triton
-        triton_version = triton.__version__
-    except Exception:  # triton is optional off Linux
-        triton_version = None
+    triton_version = triton.__version__ if triton is not None else None
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         device_name = torch.cuda.get_device_name(dev)
@@ -62,10 +64,9 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, object]:
     }
 
 
-def sync(device) -> None:
-    """Wait for queued device work (no-op on CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (MiB; Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def peak_memory_mb(fn, device) -> float:
@@ -80,7 +81,6 @@ def peak_memory_mb(fn, device) -> float:
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     cur = peak = 0

@@ -1,0 +1,123 @@
+"""Which implementation of a fused op runs, decided in one place.
+
+Every fused op of this package (the C-MoE primitives of :mod:`kernels.cmoe_ops`, the anomaly
+map, image score and loss of :mod:`kernels.amap`) and the :class:`kernels.FastCMoE` layer
+take a ``backend`` argument:
+
+* ``"auto"`` — the Triton kernels on CUDA tensors (fp32, bf16, fp16), the stock-torch fast
+  path everywhere else (CPU tensors, float64, no Triton installed);
+* ``"triton"`` — the Triton kernels; where they cannot run (no triton package, tensors
+  neither on CUDA nor on the CPU interpreter, float64) it is an error, never a silent
+  fallback;
+* ``"torch"`` — the same algebra in stock torch ops (always available);
+* ``"reference"`` — the plain functions and layers of :mod:`unimmad` (the paper's
+  formulation; for the C-MoE primitives, which have no separate reference, the torch path).
+
+:func:`resolve` is the only function that turns a name and the tensors into the backend
+that runs; every error text about backends lives here.  The module also holds the switches
+every Triton file shares: whether Triton is importable, the interpreter flag
+(``TRITON_INTERPRET=1``, read at import), the autotune flag (``UNIMMAD_AUTOTUNE=0`` pins one
+configuration), the fp32 dot precision, and the ``out=`` buffer helper of the launchers.
+No GPU is queried at import time.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+try:  # triton is a Linux-only dependency
+    import triton
+    import triton.language as tl
+    HAVE_TRITON = True
+except Exception:  # pragma: no cover - exercised only where triton is missing
+    triton = tl = None
+    HAVE_TRITON = False
+
+__all__ = ["BACKENDS", "HAVE_TRITON", "INTERPRET", "AUTOTUNE", "TRITON_DTYPES", "check_name",
+           "resolve", "configs", "default_precision", "output", "triton", "tl"]
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+#: The floating dtypes the Triton kernels take (float64 runs on the torch path).
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Triton kernels run on the CPU interpreter (set ``TRITON_INTERPRET=1`` before importing).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Autotuning over several configurations (off under the interpreter, or with
+#: ``UNIMMAD_AUTOTUNE=0``: one pinned configuration per kernel).
+AUTOTUNE = os.environ.get("UNIMMAD_AUTOTUNE", "1") != "0" and not INTERPRET
+
+
+def check_name(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _triton_refusal(tensors: Sequence[torch.Tensor]) -> Optional[Exception]:
+    """Why the Triton kernels cannot take ``tensors`` (``None`` when they can)."""
+    if not HAVE_TRITON:
+        return RuntimeError("backend='triton' needs the triton package (Linux); use "
+                            "backend='torch' or 'auto'")
+    for t in tensors:
+        if t.device.type != "cuda" and not (t.device.type == "cpu" and INTERPRET):
+            return RuntimeError(
+                f"backend='triton' cannot run on {t.device.type} tensors: it needs CUDA (or "
+                "TRITON_INTERPRET=1 set before importing kernels, for the CPU interpreter); "
+                "use backend='torch' or 'auto'")
+        if t.is_floating_point() and t.dtype not in TRITON_DTYPES:
+            return TypeError(f"backend='triton' takes float32, bfloat16 or float16 tensors, "
+                             f"got {t.dtype}; use backend='torch' or 'auto'")
+    return None
+
+
+def resolve(backend: str, *tensors: torch.Tensor) -> str:
+    """The backend that runs an op on ``tensors``: ``"triton"``, ``"torch"`` or
+    ``"reference"``.
+
+    ``"auto"`` gives ``"triton"`` when every tensor is a CUDA tensor the kernels take (and
+    Triton is installed), else ``"torch"``; ``"triton"`` raises ``RuntimeError`` (no triton,
+    wrong device) or ``TypeError`` (float64) where the kernels cannot run; ``"torch"`` and
+    ``"reference"`` are returned as they are.  Integer tensors (indices) are checked for
+    their device only.  Never synchronises with the device.
+    """
+    check_name(backend)
+    if backend == "auto":
+        on_cuda = bool(tensors) and all(t.device.type == "cuda" for t in tensors)
+        return "triton" if on_cuda and _triton_refusal(tensors) is None else "torch"
+    if backend == "triton":
+        err = _triton_refusal(tensors)
+        if err is not None:
+            raise err
+    return backend
+
+
+def configs(names: Sequence[str], tuned: Sequence[tuple], pinned: tuple) -> list:
+    """Autotune configurations of one kernel: a ``triton.Config`` per row ``(*block sizes
+    named by names, num_warps, num_stages)`` of ``tuned``, or only the ``pinned`` row when
+    autotuning is off (interpreter, ``UNIMMAD_AUTOTUNE=0``)."""
+    rows = tuned if AUTOTUNE else [pinned]
+    n = len(names)
+    return [triton.Config(dict(zip(names, row[:n])), num_warps=row[n], num_stages=row[n + 1])
+            for row in rows]
+
+
+def default_precision() -> str:
+    """fp32 dot precision of the fused ops: ``"tf32"`` when cuDNN convolutions may use TF32
+    (``torch.backends.cudnn.allow_tf32``, PyTorch's default), else ``"ieee"``."""
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def output(out: Optional[torch.Tensor], shape, dtype: torch.dtype, device: torch.device,
+           contiguous: bool = True, **empty_kw) -> torch.Tensor:
+    """``out`` checked against shape, dtype, device (and contiguity), or a new tensor
+    (``torch.empty(shape, **empty_kw)``): the ``out=`` contract of every launcher."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device, **empty_kw)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != torch.device(device):
+        raise ValueError(f"out must be {tuple(shape)} {dtype} on {device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    if contiguous and not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    return out
