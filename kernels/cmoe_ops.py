@@ -175,12 +175,15 @@ def _mix_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         d_g0 = grad.sum(0)
     acc = torch.promote_types(bank.dtype, torch.float32)
-    if ctx.needs_input_grad[3]:
-        d_scores = torch.einsum("ujor,uor->uj", bank[idx].to(acc), grad.to(acc)).to(scores.dtype)
+    g = grad.to(acc)
+    if ctx.needs_input_grad[3]:   # one gathered [U, Co, R] at a time, not [U, K, Co, R]
+        d_scores = torch.stack([(bank.index_select(0, idx[:, j]).to(acc) * g).sum((1, 2))
+                                for j in range(idx.shape[1])], 1).to(scores.dtype)
     if ctx.needs_input_grad[1]:
-        contrib = scores.to(acc)[:, :, None, None] * grad.to(acc)[:, None]
-        d_bank = torch.zeros_like(bank, dtype=acc).index_add_(
-            0, idx.reshape(-1), contrib.reshape(-1, *grad.shape[1:])).to(bank.dtype)
+        d_bank = torch.zeros_like(bank, dtype=acc)
+        for j in range(idx.shape[1]):
+            d_bank.index_add_(0, idx[:, j], g * scores[:, j, None, None].to(acc))
+        d_bank = d_bank.to(bank.dtype)
     return d_g0, d_bank, None, d_scores, None
 
 

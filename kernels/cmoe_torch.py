@@ -40,6 +40,10 @@ def to_bank(w: torch.Tensor) -> torch.Tensor:
     return w.flatten(-3)
 
 
+#: Units per chunk of :func:`mix` are chosen so one chunk's gathered kernels stay below this.
+MIX_CHUNK_BYTES = 8 * 2 ** 20
+
+
 def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
             scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mixed routed kernel of every unit (collapse + MoE-in-MoE).
@@ -47,23 +51,39 @@ def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
     ``M[u, o, r] = Σ_n α[u, n, o] · base[n, o, r]`` with
     ``α[u] = Σ_j scores[u, j] · softmax_n(leaders[idx[u, j]])``.
     base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    Accumulates over ``n`` in place (fp32 or better): no temporary beyond the output.
     """
     acc = torch.promote_types(base.dtype, torch.float32)
     p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
     alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
-    mixed = torch.einsum("uno,nor->uor", alpha, base.to(acc)).to(base.dtype).contiguous()
-    return _deliver(out, mixed)
+    mixed = torch.mul(alpha[:, 0, :, None], base[0])
+    for n in range(1, base.shape[0]):
+        mixed.addcmul_(alpha[:, n, :, None], base[n])
+    return _deliver(out, mixed.to(base.dtype))
 
 
 def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
         scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Folded per-unit kernel ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``.
 
-    g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]`` (bank's dtype),
+    accumulated in fp32 or better, in chunks of units (gathered kernels of one chunk at most
+    :data:`MIX_CHUNK_BYTES`).
     """
-    w = g0.unsqueeze(0).repeat(idx.shape[0], 1, 1)
-    for j in range(idx.shape[1]):
-        w.addcmul_(bank.index_select(0, idx[:, j]), scores[:, j, None, None].to(bank.dtype))
+    U, K = idx.shape
+    acc = torch.promote_types(bank.dtype, torch.float32)
+    w = torch.empty((U, *g0.shape), dtype=bank.dtype, device=bank.device)
+    step = max(1, MIX_CHUNK_BYTES // max(1, g0.numel() * bank.element_size()))
+    for u0 in range(0, U, step):
+        u1 = min(U, u0 + step)
+        dst = w[u0:u1] if w.dtype == acc else torch.empty((u1 - u0, *g0.shape), dtype=acc,
+                                                          device=bank.device)
+        dst.copy_(g0.expand(u1 - u0, *g0.shape))
+        for j in range(K):
+            dst.addcmul_(bank.index_select(0, idx[u0:u1, j]),
+                         scores[u0:u1, j, None, None].to(acc))
+        if w.dtype != acc:
+            w[u0:u1].copy_(dst)
     return _deliver(out, w)
 
 
