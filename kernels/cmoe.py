@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from unimmad.models.cmoe import CMoE, CMoEBranch
 
-from . import cmoe_ops
+from . import cmoe_ops, cmoe_torch
 from .backend import check_name, resolve
 from .cmoe_cache import KernelCache, fingerprint
 
@@ -90,8 +90,9 @@ def fold_units(branch: CMoEBranch, backend: str, indices: torch.Tensor, scores: 
     units routed to ``indices``/``scores`` ``[U, K]``: ``P_rt∘M_u``, plus ``G₀ = P_fix∘F``
     with ``with_fixed`` (each unit's whole kernel).  Computed without autograd and tiled:
     per chunk of units (at most :data:`FOLD_CHUNK_BYTES` of composed kernels) the backend's
-    ``compose`` on the weights as stored, then one matmul per unit written straight into
-    ``out`` — no ``[U, N, E, R]`` or ``[U, K, ...]`` temporary, no copy of the base bank.
+    ``compose`` on the weights as stored (on the torch backend one batched matmul over
+    output channels that reads the base bank once), then one matmul per unit written
+    straight into ``out`` — no ``[U, N, E, R]`` or ``[U, K, ...]`` temporary, no copy of the base bank.
     The matmuls accumulate in fp32 (float64 for float64 weights)."""
     E, k = branch.post.weight.shape[0], branch.kernel_size
     U = indices.shape[0]
@@ -110,7 +111,11 @@ def fold_units(branch: CMoEBranch, backend: str, indices: torch.Tensor, scores: 
         step = max(1, FOLD_CHUNK_BYTES // (E * R * base.element_size()))
         for u0 in range(0, U, step):
             u1 = min(U, u0 + step)
-            mixed = impl.compose(base, leaders, indices[u0:u1], scores[u0:u1].to(base.dtype))
+            if backend == "triton":
+                mixed = impl.compose(base, leaders, indices[u0:u1], scores[u0:u1])
+            else:                                   # [E, c, R]: the base read once, in place
+                mixed = cmoe_torch.compose_transposed(base, leaders, indices[u0:u1],
+                                                      scores[u0:u1]).transpose(0, 1)
             for i in range(u1 - u0):
                 dst = out[u0 + i] if direct else tmp
                 torch.mm(P, mixed[i].to(acc), out=dst)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .backend import output
 
-__all__ = ["DYN_CONV_FORMAT", "to_bank", "compose", "mix", "dyn_conv", "dyn_conv_backward"]
+__all__ = ["DYN_CONV_FORMAT", "to_bank", "compose", "compose_transposed", "mix", "dyn_conv",
+           "dyn_conv_backward"]
 
 #: Memory format of :func:`dyn_conv`'s output (what the grouped convolution returns).
 DYN_CONV_FORMAT = torch.contiguous_format
@@ -44,22 +45,28 @@ def to_bank(w: torch.Tensor) -> torch.Tensor:
 MIX_CHUNK_BYTES = 8 * 2 ** 20
 
 
+def compose_transposed(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
+                       scores: torch.Tensor) -> torch.Tensor:
+    """:func:`compose` in the layout ``[Co, U, R]`` (unit ``u``'s kernel is ``[:, u]``): one
+    batched matmul over output channels, ``α[:, :, o] @ base[:, o]``, that reads the base
+    bank once, in place, for all units (fp32 or better)."""
+    acc = torch.promote_types(base.dtype, torch.float32)
+    p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
+    alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
+    return torch.bmm(alpha.permute(2, 0, 1).to(base.dtype), base.transpose(0, 1))
+
+
 def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
             scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mixed routed kernel of every unit (collapse + MoE-in-MoE).
 
     ``M[u, o, r] = Σ_n α[u, n, o] · base[n, o, r]`` with
     ``α[u] = Σ_j scores[u, j] · softmax_n(leaders[idx[u, j]])``.
-    base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
-    Accumulates over ``n`` in place (fp32 or better): no temporary beyond the output.
+    base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``
+    (:func:`compose_transposed`, made unit-major).
     """
-    acc = torch.promote_types(base.dtype, torch.float32)
-    p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
-    alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
-    mixed = torch.mul(alpha[:, 0, :, None], base[0])
-    for n in range(1, base.shape[0]):
-        mixed.addcmul_(alpha[:, n, :, None], base[n])
-    return _deliver(out, mixed.to(base.dtype))
+    mixed = compose_transposed(base, leaders, idx, scores).transpose(0, 1).contiguous()
+    return _deliver(out, mixed)
 
 
 def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,

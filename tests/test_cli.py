@@ -63,10 +63,39 @@ def test_python_m_unimmad_bench_isolated(tmp_path):
 @pytest.mark.parametrize("argv", [["bench", "--modalities", "5"], ["bench", "--batch", "0"],
                                   ["bench", "--image-size", "100"],
                                   ["bench", "--sections", "gpu"],
-                                  ["bench", "--providers", "triton"]])
+                                  ["bench", "--providers", "triton"],
+                                  ["bench", "--cache", "some"],
+                                  ["bench", "--cache", "all", "--cache-mb", "10"],
+                                  ["bench", "--cache", "bounded", "--cache-mb", "-1"]])
 def test_bench_rejects_bad_options(argv, tmp_path):
     with pytest.raises(SystemExit):
         main(argv + ["--out", str(tmp_path), "--no-isolate", "--quiet"])
+
+
+def test_bench_rows_per_memory_policy_and_train_section(tmp_path):
+    rec = main_record(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "2",
+                       "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--no-isolate",
+                       "--quiet", "--no-flops", "--sections", "model,train",
+                       "--cache", "none,bounded,all", "--cache-mb", "0.5"])
+    rows = {(r["section"], r["provider"], r["cache"]): r for r in rec["results"]}
+    assert len(rows) == len(rec["results"]) == 8
+    for section in ("model", "train"):
+        ref = rows[(section, "reference", None)]
+        for policy in ("none", "bounded", "all"):
+            row = rows[(section, "torch", policy)]
+            assert row["status"] == "ok" and row["ref_peak_memory_mb"] == ref["peak_memory_mb"]
+    model = {p: rows[("model", "torch", p)] for p in ("none", "bounded", "all")}
+    assert model["none"]["cache_mb"] == 0 and 0 < model["bounded"]["cache_mb"] <= 0.5
+    assert model["bounded"]["cache_budget_mb"] == 0.5 and model["all"]["cache_mb"] > 0.5
+    # training folds inside autograd under every policy: nothing is cached
+    assert all(rows[("train", "torch", p)]["cache_mb"] == 0 for p in ("none", "bounded", "all"))
+    md = (tmp_path / "bench.md").read_text()
+    assert "| cache |" in md and "| ref. peak MB |" in md and "| cache MB |" in md
+
+
+def main_record(argv):
+    from unimmad.bench import run
+    return run(build_parser().parse_args(argv))
 
 
 def test_help_lists_bench():

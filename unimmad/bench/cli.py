@@ -7,6 +7,8 @@ Sections (``--sections``):
   its peak memory (resident set on CPU, CUDA max-allocated on GPU) is its own.  The
   accelerated output is compared with the reference output of the same run; a provider
   that fails the SPEC §3 tolerance is reported as FAIL, never with a speedup.
+* ``train`` (not run by default) — one training step (loss, backward, Adam step) per
+  call, each provider in its own process; parity on the first step's loss.
 * ``cmoe`` — one C-MoE per level (paper formulation vs the fused path) on the units of the
   same batch shape; peak tensor memory from the allocator (GPU) or profiler (CPU).
 * ``map`` — anomaly map + image score alone (``unimmad.anomaly_map`` vs
@@ -14,7 +16,10 @@ Sections (``--sections``):
   achieved bandwidth against the bytes that must move (u and p read once).
 
 Providers: ``reference`` (the plain model), ``torch`` / ``triton`` (the fast path on that
-backend; the default is the one ``backend="auto"`` picks on the device).
+backend; the default is the one ``backend="auto"`` picks on the device).  Fast providers
+run once per folded-kernel memory policy of ``--cache`` (``none`` — the default —,
+``bounded`` with ``--cache-mb``, ``all``); each row names its policy, the MB its caches
+hold and, next to its peak memory, the reference's.
 
 Output: a printed table, ``bench.json`` and ``bench.md`` in ``--out``.
 """
@@ -27,9 +32,12 @@ from typing import Dict, List
 
 import torch
 
+from kernels.cmoe_cache import DEFAULT_POLICY, POLICIES, check_policy
+
 from .cases import FAST_PROVIDERS, fast_provider, preset_config
 from .meta import environment
-from .sections import DTYPES, SECTIONS, cmoe_section, log, map_section, model_section
+from .sections import (DEFAULT_SECTIONS, DTYPES, SECTIONS, cmoe_section, log, map_section,
+                       model_section, train_section)
 
 __all__ = ["DESCRIPTION", "add_arguments", "run", "main", "to_markdown", "COLUMNS"]
 
@@ -41,7 +49,7 @@ MODEL_PROVIDERS = ("reference",) + FAST_PROVIDERS
 def _csv(kind):
     def parse(text):
         items = [t.strip() for t in text.split(",") if t.strip()]
-        allowed = SECTIONS if kind == "sections" else MODEL_PROVIDERS
+        allowed = {"sections": SECTIONS, "providers": MODEL_PROVIDERS, "cache": POLICIES}[kind]
         bad = [t for t in items if t not in allowed]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"--{kind} takes a comma list of {allowed}")
@@ -60,12 +68,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="parameter and input dtype")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--sections", type=_csv("sections"), default=list(SECTIONS),
-                   help="comma list of: model (end-to-end), cmoe (one C-MoE per level), "
-                   "map (anomaly map + image score)")
+    p.add_argument("--sections", type=_csv("sections"), default=list(DEFAULT_SECTIONS),
+                   help="comma list of: model (end-to-end inference), train (one training "
+                   "step; not run by default), cmoe (one C-MoE per level), map (anomaly map "
+                   "+ image score)")
     p.add_argument("--providers", type=_csv("providers"), default=None,
                    help="model providers: reference, torch, triton (default: reference and "
                    "the fast path of the device: triton on CUDA, torch elsewhere)")
+    p.add_argument("--cache", type=_csv("cache"), default=[DEFAULT_POLICY],
+                   help="comma list of folded-kernel memory policies to measure the fast "
+                   f"providers under: {', '.join(POLICIES)} (default {DEFAULT_POLICY})")
+    p.add_argument("--cache-mb", type=float, default=None,
+                   help="budget of the bounded policy in MB (default: kernels.cmoe_cache."
+                   "DEFAULT_BUDGET_MB)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per measurement")
     p.add_argument("--iters", type=int, default=3, help="timed calls per measurement")
     p.add_argument("--threads", type=int, default=None,
@@ -94,6 +109,14 @@ def run(args: argparse.Namespace) -> Dict:
         raise SystemExit("unimmad bench: --modalities must be 1..4")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         raise SystemExit("unimmad bench: --batch and --iters must be >= 1, --warmup >= 0")
+    if "bounded" not in args.cache and args.cache_mb is not None:
+        raise SystemExit("unimmad bench: --cache-mb applies to --cache bounded")
+    try:
+        _, args.cache_mb = check_policy("bounded", args.cache_mb)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"unimmad bench: --cache-mb: {exc}")
+    if "bounded" not in args.cache:
+        args.cache_mb = None
     device = _resolve_device(args.device)
     fast = fast_provider(device)
     if args.providers is None:
@@ -115,6 +138,8 @@ def run(args: argparse.Namespace) -> Dict:
     rows: List[Dict] = []
     if "model" in args.sections:
         rows += model_section(args, cfg, device, base_job)
+    if "train" in args.sections:
+        rows += train_section(args, cfg, device, base_job)
     if "cmoe" in args.sections:
         rows += cmoe_section(args, cfg, device, fast)
     if "map" in args.sections:
@@ -135,8 +160,10 @@ def run(args: argparse.Namespace) -> Dict:
 COLUMNS = [
     ("section", "section", "{}"), ("provider", "provider", "{}"), ("level", "level", "{}"),
     ("batch", "B", "{}"), ("units", "units", "{}"), ("dtype", "dtype", "{}"),
+    ("cache", "cache", "{}"),
     ("samples_per_s", "samples/s", "{:.3f}"), ("latency_median_ms", "median ms", "{:.1f}"),
     ("latency_iqr_ms", "IQR ms", "{:.1f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("ref_peak_memory_mb", "ref. peak MB", "{:.0f}"), ("cache_mb", "cache MB", "{:.1f}"),
     ("params", "params", "{:,}"), ("params_mb", "params MB", "{:.2f}"),
     ("activated_params_per_unit", "active params/unit", "{:,}"),
     ("gflops_fvcore_per_sample", "GFLOPs/sample (fvcore)", "{:.1f}"),
@@ -163,8 +190,15 @@ def to_markdown(record: Dict) -> str:
     lines += ["",
               "Providers: reference — the plain PyTorch model; torch / triton — "
               "unimmad.accelerate on that backend. "
-              "Peak memory: model rows — CUDA max allocated on GPU, the measuring process's "
-              "peak resident set on CPU; cmoe rows — peak tensor allocations of one call. "
+              "cache: the fast path's folded-kernel memory policy (none — folded on the fly, "
+              "the default; bounded — most recently routed leaders within a budget; all — "
+              "every leader). "
+              "Peak memory: model and train rows — CUDA max allocated on GPU, the measuring "
+              "process's peak resident set on CPU; cmoe rows — peak tensor allocations of one "
+              "call beyond what was live before it (a cache built by the warm-up is not in "
+              "it: see cache MB); cmoe 'all' rows — the largest level. ref. peak MB: the "
+              "reference's, same run. cache MB: bytes the folded-kernel caches hold after the "
+              "run (included in model rows' peak). "
               "params MB = parameters × element size / 2^20. Active params/unit: all "
               "parameters except, per C-MoE branch, N − K base-expert-sized kernels (a unit "
               "uses K composed leader kernels where N base experts are stored; the paper's "

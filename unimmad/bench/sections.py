@@ -1,30 +1,38 @@
-"""The measured sections of ``unimmad bench``: ``model`` (end to end, each provider in its
-own process), ``cmoe`` (one C-MoE per level) and ``map`` (anomaly map + image score).
-Every fast-path row is checked against the reference output of the same run
-(:func:`unimmad.bench.parity.judge`)."""
+"""The measured sections of ``unimmad bench``: ``model`` (end-to-end inference, each
+provider in its own process), ``train`` (one training step, likewise), ``cmoe`` (one C-MoE
+per level) and ``map`` (anomaly map + image score).  Every fast-path row is checked against
+the reference output of the same run (:func:`unimmad.bench.parity.judge`).  Fast providers
+are measured once per folded-kernel memory policy asked for (``cache`` column: ``none``,
+``bounded``, ``all``; :mod:`kernels.cmoe_cache`), with the bytes their caches hold
+(``cache_mb``) next to their peak memory and the reference's (``ref_peak_memory_mb``)."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+import kernels
+
 from ..config import UniMMADConfig
 from ..flops import activated_parameters, cmoe_gflop, fvcore_macs
-from .cases import (amap_case, build_model, cmoe_case, cmoe_module, feature_bytes,
-                    map_and_score, model_inputs)
+from .cases import (FAST_PROVIDERS, amap_case, build_model, cmoe_case, cmoe_module,
+                    feature_bytes, map_and_score, model_inputs)
 from .meta import peak_memory_mb, peak_rss_mb
 from .parity import judge, rel_err, tolerance
 from .timing import summarize, time_calls
 
-__all__ = ["DTYPES", "SECTIONS", "model_section", "cmoe_section", "map_section",
-           "run_isolated", "log"]
+__all__ = ["DTYPES", "SECTIONS", "DEFAULT_SECTIONS", "model_section", "train_section",
+           "cmoe_section", "map_section", "measure_model", "measure_train_step",
+           "run_isolated", "variants", "log"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SECTIONS = ("model", "cmoe", "map")
+SECTIONS = ("model", "train", "cmoe", "map")
+#: What ``unimmad bench`` measures unless ``--sections`` says otherwise.
+DEFAULT_SECTIONS = ("model", "cmoe", "map")
 
 
 def log(msg: str) -> None:
@@ -38,15 +46,48 @@ def _memory_kind(device: torch.device, per_process: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- model
-def _measure_model(job: Dict) -> Dict:
-    """Runs in a spawned process: build, warm up, time forward passes."""
+def variants(providers, policies) -> Iterator[Tuple[str, Optional[str]]]:
+    """``(provider, policy)`` pairs measured: each fast provider once per memory policy,
+    the others once (policy ``None``)."""
+    for provider in providers:
+        if provider in FAST_PROVIDERS:
+            for policy in policies:
+                yield provider, policy
+        else:
+            yield provider, None
+
+
+def _job_model(job: Dict):
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
     dtype = DTYPES[job["dtype"]]
     cfg = UniMMADConfig.from_dict(job["config"])
-    model = build_model(cfg, job["seed"], dtype, device, job["provider"])
+    policy = job.get("cache") or "none"
+    model = build_model(cfg, job["seed"], dtype, device, job["provider"], policy,
+                        job.get("cache_mb") if policy == "bounded" else None)
     images, nm = model_inputs(cfg, job["batch"], job["modalities"], job["seed"] + 1, dtype,
                               device)
+    return device, dtype, model, images, nm
+
+
+def _peak(device: torch.device) -> float:
+    return (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
+            else peak_rss_mb())
+
+
+def _cache_fields(model, provider: str) -> Dict:
+    if provider not in FAST_PROVIDERS:
+        return {"cache": None, "cache_budget_mb": None, "cache_mb": None}
+    info = kernels.cache_info(model)
+    return {"cache": info["policy"], "cache_budget_mb": info["budget_mb"],
+            "cache_mb": info["bytes"] / 2 ** 20}
+
+
+def measure_model(job: Dict) -> Dict:
+    """Inference of one provider (meant to run in its own spawned process): build, warm up,
+    time forward passes; peak memory of the process (CPU resident set, CUDA max allocated)
+    and the bytes held by the folded-kernel caches at the end."""
+    device, dtype, model, images, nm = _job_model(job)
     counts = model.parameter_counts()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -57,8 +98,7 @@ def _measure_model(job: Dict) -> Dict:
 
     times, out = time_calls(call, device, job["warmup"], job["iters"], job["label"],
                             job.get("progress", True))
-    peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
-            else peak_rss_mb())
+    peak = _peak(device)
     elem = torch.finfo(dtype).bits // 8
     return {
         "times_s": times,
@@ -69,7 +109,35 @@ def _measure_model(job: Dict) -> Dict:
         "params_mb": counts["total"] * elem / 2 ** 20,
         "anomaly_map": out.anomaly_map.float().cpu(),
         "pred_score": out.pred_score.float().cpu(),
+        **_cache_fields(model, job["provider"]),
     }
+
+
+def measure_train_step(job: Dict) -> Dict:
+    """Training steps of one provider (meant to run in its own spawned process): the
+    model in train mode, ``model.loss`` forward + backward + an Adam step per call; peak
+    memory of the process (optimizer state included) and the first step's loss (computed
+    before any update, so every provider's can be compared)."""
+    device, dtype, model, images, nm = _job_model(job)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses: List[torch.Tensor] = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        total, _ = model.loss(images, nm)
+        total.backward()
+        opt.step()
+        losses.append(total.detach().float().cpu())
+        return total
+
+    times, _ = time_calls(step, device, job["warmup"], job["iters"], job["label"],
+                          job.get("progress", True))
+    return {"times_s": times, "peak_memory_mb": _peak(device),
+            "peak_memory_kind": _memory_kind(device, per_process=True),
+            "first_loss": losses[0].reshape(1), **_cache_fields(model, job["provider"])}
 
 
 def run_isolated(fn, job: Dict, isolate: bool = True) -> Dict:
@@ -92,14 +160,17 @@ class _MapAndScore(torch.nn.Module):
         return out.anomaly_map, out.pred_score
 
 
-def model_flops(cfg: UniMMADConfig, args, device, provider: str) -> Dict[str, float]:
+def model_flops(cfg: UniMMADConfig, args, device, provider: str, cache: str = "none",
+                cache_mb: Optional[float] = None) -> Dict[str, float]:
     """fvcore multiply-adds per sample (fvcore's FLOP = one multiply-add) and activated
-    parameters per unit, for one provider (fresh model, same seed as the timed ones)."""
+    parameters per unit, for one provider and memory policy (fresh model, same seed as
+    the timed ones).  Folds done on the fly (policy ``none``) are counted; a cache's build
+    (first call) is not."""
     dtype = DTYPES[args.dtype]
-    model = build_model(cfg, args.seed, dtype, device, provider)
+    model = build_model(cfg, args.seed, dtype, device, provider, cache, cache_mb)
     images, nm = model_inputs(cfg, args.batch, args.modalities, args.seed + 1, dtype, device)
     with torch.no_grad():
-        model(images, nm)  # builds the accelerated model's folded-kernel cache: not counted
+        model(images, nm)  # builds a cached policy's folded kernels: not counted
         macs = fvcore_macs(_MapAndScore(model), (images, nm))
     return {"gflops_fvcore_per_sample": macs / args.batch / 1e9,
             "activated_params_per_unit": activated_parameters(model)}
@@ -113,39 +184,62 @@ def _row(section: str, provider: str, args, cfg: UniMMADConfig, times, **extra) 
     return row
 
 
-def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
-    rows, outputs, ref_ms = [], {}, None
+def _isolated_rows(section: str, fn, args, cfg: UniMMADConfig, device: torch.device,
+                   base_job: Dict, compare) -> List[Dict]:
+    """One isolated measurement per (provider, policy), judged against the reference of
+    the same run with ``compare(result, reference_result)``."""
+    rows, ref, ref_ms, ref_peak = [], None, None, None
     tol = tolerance(DTYPES[args.dtype], device)
-    for provider in args.providers:
-        job = dict(base_job, provider=provider, label=f"model/{provider}")
+    for provider, policy in variants(args.providers, args.cache):
+        budget = args.cache_mb if policy == "bounded" else None
+        tag = provider if policy is None else f"{provider}[{policy}]"
+        job = dict(base_job, provider=provider, cache=policy, cache_mb=budget,
+                   label=f"{section}/{tag}")
         log(f"{job['label']}: preset={args.preset} B={args.batch} M={args.modalities} "
             f"{cfg.image_size}² {args.dtype} on {device}")
-        res = run_isolated(_measure_model, job, isolate=not args.no_isolate)
-        row = _row("model", provider, args, cfg, res["times_s"])
-        row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "params",
-                                        "params_trainable", "params_mb", "times_s")})
-        if args.flops:
+        res = run_isolated(fn, job, isolate=not args.no_isolate)
+        row = _row(section, provider, args, cfg, res["times_s"])
+        row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "times_s",
+                                        "cache", "cache_budget_mb", "cache_mb")})
+        row.update({k: res[k] for k in ("params", "params_trainable", "params_mb") if k in res})
+        if section == "model" and args.flops:
             log(f"{job['label']}: counting FLOPs with fvcore")
-            row.update(model_flops(cfg, args, device, provider))
+            row.update(model_flops(cfg, args, device, provider, policy or "none", budget))
             row["activated_params_mb"] = (row["activated_params_per_unit"] * row["params_mb"]
                                           / row["params"])
-        outputs[provider] = res
         err = None
-        if provider != "reference" and "reference" in outputs:
-            ref = outputs["reference"]
-            err = max(rel_err(res["anomaly_map"], ref["anomaly_map"]),
-                      rel_err(res["pred_score"], ref["pred_score"]))
         if provider == "reference":
-            ref_ms = row["latency_median_ms"]
+            ref, ref_ms, ref_peak = res, row["latency_median_ms"], row["peak_memory_mb"]
+        elif ref is not None:
+            err = compare(res, ref)
+            row["ref_peak_memory_mb"] = ref_peak
         judge(row, err, tol, ref_ms)
         rows.append(row)
     return rows
 
 
+def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
+    """End-to-end inference, each (provider, policy) in its own process."""
+    def compare(res, ref):
+        return max(rel_err(res["anomaly_map"], ref["anomaly_map"]),
+                   rel_err(res["pred_score"], ref["pred_score"]))
+    return _isolated_rows("model", measure_model, args, cfg, device, base_job, compare)
+
+
+def train_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
+    """One training step (loss, backward, Adam), each (provider, policy) in its own
+    process; parity on the first step's loss.  Under every policy the branch weights need
+    gradients here, so the fast path folds inside autograd and holds no cache."""
+    return _isolated_rows("train", measure_train_step, args, cfg, device, base_job,
+                          lambda res, ref: rel_err(res["first_loss"], ref["first_loss"]))
+
+
 # ----------------------------------------------------------------------------- C-MoE
 def cmoe_section(args, cfg: UniMMADConfig, device: torch.device, fast: str) -> List[Dict]:
     """One C-MoE per level on ``batch × modalities`` units of ``batch`` samples: the
-    reference against the ``fast`` provider, and a row summing the three levels."""
+    reference against the ``fast`` provider under each memory policy of ``args.cache``,
+    and a row per policy over the three levels (summed latency; the largest per-call peak
+    and the summed cache bytes, next to the reference's)."""
     dtype = DTYPES[args.dtype]
     rows: List[Dict] = []
     units, samples = args.batch * args.modalities, args.batch
@@ -154,15 +248,17 @@ def cmoe_section(args, cfg: UniMMADConfig, device: torch.device, fast: str) -> L
         ref, general, prior, uts = cmoe_case(cfg, level, units, samples, args.seed + level,
                                              dtype, device)
         ref.eval()
-        ref_out, ref_ms = None, None
-        for provider in ("reference", fast):
-            module = cmoe_module(ref, provider)
+        ref_out, ref_ms, ref_peak = None, None, None
+        for provider, policy in variants(("reference", fast), args.cache):
+            budget = args.cache_mb if policy == "bounded" else None
+            module = cmoe_module(ref, provider, policy or "none", budget)
+            tag = provider if policy is None else f"{provider}[{policy}]"
 
             def call(module=module):
                 with torch.inference_mode():
                     return module(general, prior, uts)[0]
             times, out = time_calls(call, device, args.warmup, args.iters,
-                                    f"cmoe/L{level}/{provider}", not args.quiet)
+                                    f"cmoe/L{level}/{tag}", not args.quiet)
             row = _row("cmoe", provider, args, cfg, times, level=level, times_s=times)
             row["units_per_s"] = units / statistics.median(times)
             row["gflop"] = cmoe_gflop(ref.in_channels, general.shape[-1], units, samples,
@@ -170,21 +266,35 @@ def cmoe_section(args, cfg: UniMMADConfig, device: torch.device, fast: str) -> L
                                       "reference" if provider == "reference" else "folded")
             row["peak_memory_mb"] = peak_memory_mb(call, device)
             row["peak_memory_kind"] = _memory_kind(device, per_process=False)
+            row["cache"] = policy
+            row["cache_budget_mb"] = budget
+            row["cache_mb"] = module.cache_bytes() / 2 ** 20 if policy else None
             if provider == "reference":
                 ref_out, ref_ms = out.float().cpu(), row["latency_median_ms"]
+                ref_peak = row["peak_memory_mb"]
                 judge(row, None, tol, ref_ms)
             else:
+                row["ref_peak_memory_mb"] = ref_peak
                 judge(row, rel_err(out.float().cpu(), ref_out), tol, ref_ms)
             rows.append(row)
             del module
-        log(f"cmoe level {level}: {fast} {rows[-1].get('speedup') or 0:.2f}× the reference")
-    total = {p: sum(r["latency_median_ms"] for r in rows if r["provider"] == p)
-             for p in ("reference", fast)}
-    ok = all(r["status"] == "ok" for r in rows)
-    rows.append({"section": "cmoe", "provider": fast, "level": "all", "units": units,
-                 "batch": samples, "dtype": args.dtype, "latency_median_ms": total[fast],
-                 "status": "ok" if ok else "FAIL parity",
-                 "speedup": total["reference"] / total[fast] if ok else None})
+            if policy is not None:
+                log(f"cmoe level {level}: {tag} {row.get('speedup') or 0:.2f}× the reference")
+    refs = [r for r in rows if r["provider"] == "reference"]
+    for policy in args.cache:
+        mine = [r for r in rows if r["provider"] == fast and r["cache"] == policy]
+        ok = all(r["status"] == "ok" for r in refs + mine)
+        total = sum(r["latency_median_ms"] for r in mine)
+        ref_total = sum(r["latency_median_ms"] for r in refs)
+        rows.append({"section": "cmoe", "provider": fast, "level": "all", "units": units,
+                     "batch": samples, "dtype": args.dtype, "latency_median_ms": total,
+                     "cache": policy, "cache_budget_mb": mine[0]["cache_budget_mb"],
+                     "cache_mb": sum(r["cache_mb"] for r in mine),
+                     "peak_memory_mb": max(r["peak_memory_mb"] for r in mine),
+                     "ref_peak_memory_mb": max(r["peak_memory_mb"] for r in refs),
+                     "peak_memory_kind": mine[0]["peak_memory_kind"],
+                     "status": "ok" if ok else "FAIL parity",
+                     "speedup": ref_total / total if ok else None})
     return rows
 
 
