@@ -92,8 +92,8 @@ def fold_units(branch: CMoEBranch, backend: str, indices: torch.Tensor, scores: 
     per chunk of units (at most :data:`FOLD_CHUNK_BYTES` of composed kernels) the backend's
     ``compose`` on the weights as stored (on the torch backend one batched matmul over
     output channels that reads the base bank once), then one matmul per unit written
-    straight into ``out`` — no ``[U, N, E, R]`` or ``[U, K, ...]`` temporary, no copy of the base bank.
-    The matmuls accumulate in fp32 (float64 for float64 weights)."""
+    straight into ``out`` — no ``[U, N, E, R]`` or ``[U, K, ...]`` temporary, no copy of
+    the base bank.  The matmuls accumulate in fp32 (float64 for float64 weights)."""
     E, k = branch.post.weight.shape[0], branch.kernel_size
     U = indices.shape[0]
     acc = _acc(branch)
@@ -129,7 +129,9 @@ def fold_units(branch: CMoEBranch, backend: str, indices: torch.Tensor, scores: 
 
 class _EntryMix(torch.autograd.Function):
     """``W[u] = g0 + Σ_j scores[u, j] · entries[slot[u][j]]`` over separately stored folded
-    kernels (the ``"bounded"`` cache), accumulated in fp32; differentiable in ``scores``."""
+    kernels (the ``"bounded"`` cache), accumulated in fp32; differentiable in ``scores``.
+    Reads the scores on the host (the cache's bookkeeping already synchronised on the
+    routing)."""
 
     @staticmethod
     def forward(ctx, scores, g0, slots, *entries):

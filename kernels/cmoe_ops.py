@@ -7,7 +7,9 @@ the same function signatures.  Fake (meta) implementations let a model calling t
 compile under ``torch.compile`` without graph breaks.
 
 The public functions (:func:`dyn_conv`, :func:`compose`, :func:`mix`, :func:`to_bank`)
-take any backend name and resolve it with :func:`kernels.backend.resolve`.
+take any backend name and resolve it with :func:`kernels.backend.resolve`; they go through
+the custom ops only where needed (:func:`kernels.backend.needs_custom_op`: compiling,
+tracing, autograd) and call the implementation directly otherwise.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import cmoe_torch, cmoe_triton
-from .backend import default_precision, resolve
+from .backend import default_precision, needs_custom_op, resolve
 
 __all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank"]
 
@@ -35,11 +37,18 @@ def to_bank(w: Tensor, backend: str = "auto") -> Tensor:
 
 
 # ----------------------------------------------------------------------------- dyn_conv
+def _dyn_conv_body(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
+                   same_samples: bool, same_weights: bool, backend: str,
+                   precision: str) -> Tensor:
+    return IMPLS[backend].dyn_conv(x, weight, job_sample, job_weight, k, precision,
+                                   same_samples, same_weights)
+
+
 @torch.library.custom_op("unimmad::dyn_conv", mutates_args=())
 def _dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
               same_samples: bool, same_weights: bool, backend: str, precision: str) -> Tensor:
-    return IMPLS[backend].dyn_conv(x, weight, job_sample, job_weight, k, precision,
-                                   same_samples, same_weights)
+    return _dyn_conv_body(x, weight, job_sample, job_weight, k, same_samples, same_weights,
+                          backend, precision)
 
 
 @_dyn_conv.register_fake
@@ -100,9 +109,11 @@ def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, 
     dot precision (default :func:`kernels.backend.default_precision`).  ``same_samples`` /
     ``same_weights`` promise the index is ``arange`` (lets the torch backend skip a gather).
     """
-    return _dyn_conv(x, weight, job_sample, job_weight, int(k), bool(same_samples),
-                     bool(same_weights), resolve(backend, x, weight),
-                     precision or default_precision())
+    args = (x, weight, job_sample, job_weight, int(k), bool(same_samples), bool(same_weights),
+            resolve(backend, x, weight), precision or default_precision())
+    if needs_custom_op(x, weight):
+        return _dyn_conv(*args)
+    return _dyn_conv_body(*args)
 
 
 # ----------------------------------------------------------------------------- compose
@@ -150,7 +161,10 @@ def compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor,
     base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders
     ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.  Differentiable in ``base``,
     ``leaders`` and ``scores``."""
-    return _compose(base, leaders, idx, scores, resolve(backend, base, leaders))
+    resolved = resolve(backend, base, leaders)
+    if needs_custom_op(base, leaders, scores):
+        return _compose(base, leaders, idx, scores, resolved)
+    return IMPLS[resolved].compose(base, leaders, idx, scores)
 
 
 # ----------------------------------------------------------------------------- mix
@@ -193,4 +207,7 @@ _mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 def mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str = "auto") -> Tensor:
     """Folded per-unit kernels ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``:
     g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three."""
-    return _mix(g0, bank, idx, scores, resolve(backend, g0, bank))
+    resolved = resolve(backend, g0, bank)
+    if needs_custom_op(g0, bank, scores):
+        return _mix(g0, bank, idx, scores, resolved)
+    return IMPLS[resolved].mix(g0, bank, idx, scores)

@@ -167,3 +167,24 @@ def test_torch_compile_has_no_graph_break(mode):
     if mode == "train":
         (p.square().mean() + aux.balance_loss).backward()
         assert all(q.grad is not None for q in fast.parameters())
+
+
+def test_eager_inference_stays_out_of_the_custom_op_machinery():
+    """Plain inference of an accelerated model calls the fused implementations directly:
+    the custom ops' first call imports torch._dynamo (~75 MB resident), which would make
+    the fast path need more memory than the reference."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, unimmad\n"
+            "from unimmad.bench.cases import build_model, model_inputs, preset_config\n"
+            "cfg = preset_config('tiny')\n"
+            "m = build_model(cfg, 0, torch.float32, 'cpu', 'torch')\n"
+            "im, nm = model_inputs(cfg, 2, 2, 1)\n"
+            "with torch.inference_mode():\n"
+            "    m(im, nm)\n"
+            "with torch.no_grad():\n"
+            "    m(im, nm)\n"
+            "assert 'torch._dynamo' not in sys.modules, 'custom-op path taken'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
