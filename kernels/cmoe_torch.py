@@ -74,12 +74,21 @@ def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
     """Folded per-unit kernel ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``.
 
     g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]`` (bank's dtype),
-    accumulated in fp32 or better, in chunks of units (gathered kernels of one chunk at most
-    :data:`MIX_CHUNK_BYTES`).
+    accumulated in fp32 or better: on the CPU (fp32 / float64 banks) by adding the chosen
+    rows in place, elsewhere in chunks of units (gathered kernels of one chunk at most
+    :data:`MIX_CHUNK_BYTES`) without reading the routing on the host.
     """
     U, K = idx.shape
     acc = torch.promote_types(bank.dtype, torch.float32)
     w = torch.empty((U, *g0.shape), dtype=bank.dtype, device=bank.device)
+    if bank.device.type == "cpu" and bank.dtype == acc:
+        # on the host the routing is at hand: add the bank rows in place, no gathered copy
+        rows, s = idx.tolist(), scores.to(torch.float64).tolist()
+        for u in range(U):
+            w[u].copy_(g0)
+            for j in range(K):
+                w[u].add_(bank[rows[u][j]], alpha=s[u][j])
+        return _deliver(out, w)
     step = max(1, MIX_CHUNK_BYTES // max(1, g0.numel() * bank.element_size()))
     for u0 in range(0, U, step):
         u1 = min(U, u0 + step)
