@@ -4,7 +4,7 @@ fingerprint that keeps it from going stale.
 Per C-MoE branch the folded kernels are ``G₀ = P_fix∘F`` (the fixed expert through
 ``post``) and ``G_ℓ = P_rt∘Ŵ_ℓ`` for each leader ℓ (SPEC §2.2); a unit's kernel is
 ``G₀ + Σ_j s_j G_{idx_j}``.  Each costs ``E·E·k²`` values, i.e. ``E²·(1+9+25)`` per leader
-and level for the three branches (≈ 9.2 MB fp32 at paper dims).
+and level for the three branches (8.75 MiB fp32 at paper dims; MB here means 2^20 bytes).
 
 Policies (:data:`POLICIES`, chosen per model with ``accelerate(model, cache=...)`` or per
 layer with ``FastCMoE(..., cache=...)``):
@@ -48,8 +48,8 @@ __all__ = ["POLICIES", "DEFAULT_POLICY", "DEFAULT_BUDGET_MB", "check_policy", "f
 
 POLICIES = ("none", "bounded", "all")
 DEFAULT_POLICY = "none"
-#: Default budget of the ``"bounded"`` policy: at paper dims (fp32) 256 MB hold the
-#: fixed kernels and ~24 leaders over the three levels (2 samples × 2 modalities, top-2).
+#: Default budget of the ``"bounded"`` policy: at paper dims (fp32) 256 MB hold the three
+#: levels' fixed kernels (26.3 MB) and 26 leader kernels (8.75 MB each, all branches).
 DEFAULT_BUDGET_MB = 256.0
 
 _BLOCK = 4096                     # fingerprint block width
