@@ -10,7 +10,7 @@ process (the ``unimmad bench`` job, :func:`unimmad.bench.sections.measure_model`
 ``measure_train_step``), so its peak resident set is that of the model alone; the
 reference runs first for each (B, M) and every accelerated variant is checked against it
 (SPEC §3).  The timed quantity of each benchmark is that whole isolated measurement
-(process start, build, a warm-up call that builds any cache, one timed call); the model's
+(process start, build, one call — which builds any cache, so the peak includes it); the model's
 own latency is ``extra_info["latency_median_ms"]`` (what ``benchmarks/report.py`` shows) —
 one call, alone in its process, so on a shared machine it is no speed measurement: speed
 ratios come from ``unimmad bench``, which interleaves the providers' calls.  The smoke run
@@ -52,7 +52,7 @@ def _measure(benchmark, bench_env, enabled, mode, batch, modalities, variant):
     provider, policy = variant
     cfg = preset_config("paper" if enabled else "tiny")
     job = {"config": cfg.to_dict(), "batch": batch, "modalities": modalities,
-           "dtype": "float32", "device": "cpu", "warmup": 1 if enabled else 0, "iters": 1,
+           "dtype": "float32", "device": "cpu", "warmup": 0, "iters": 1,
            "seed": 0, "threads": torch.get_num_threads(), "progress": False,
            "provider": provider, "cache": policy, "cache_mb": None,
            "label": f"{mode}/{provider}[{policy}]"}

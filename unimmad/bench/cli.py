@@ -15,6 +15,13 @@ Sections (``--sections``):
   ``kernels.anomaly_map``) on the three levels' features of the same units, with the
   achieved bandwidth against the bytes that must move (u and p read once).
 
+``--shapes 1x1,1x2,2x2,1x4`` measures the model and train sections at several
+``(batch, modalities)`` shapes in one run (the cmoe and map sections use ``--batch`` and
+``--modalities``).  In the model and train sections every (provider, policy) runs in its
+own spawned process (its peak memory is its own) and their calls are interleaved, one at a
+time, round by round, so speed ratios stay fair when the machine's load changes; each row
+records the load average (``uptime``'s) at the start and end of its shape.
+
 Providers: ``reference`` (the plain model), ``torch`` / ``triton`` (the fast path on that
 backend; the default is the one ``backend="auto"`` picks on the device).  Fast providers
 run once per folded-kernel memory policy of ``--cache`` (``none`` — the default —,
@@ -36,8 +43,8 @@ from kernels.cmoe_cache import DEFAULT_POLICY, POLICIES, check_policy
 
 from .cases import FAST_PROVIDERS, fast_provider, preset_config
 from .meta import environment
-from .sections import (DEFAULT_SECTIONS, DTYPES, SECTIONS, cmoe_section, log, map_section,
-                       model_section, train_section)
+from .sections import (DEFAULT_SECTIONS, DTYPES, SECTIONS, cmoe_section, load_average, log,
+                       map_section, model_section, train_section)
 
 __all__ = ["DESCRIPTION", "add_arguments", "run", "main", "to_markdown", "COLUMNS"]
 
@@ -57,12 +64,26 @@ def _csv(kind):
     return parse
 
 
+def _shapes(text):
+    shapes = []
+    for item in (t.strip() for t in text.split(",")):
+        b, sep, m = item.lower().partition("x")
+        if not (sep and b.isdigit() and m.isdigit() and int(b) >= 1 and 1 <= int(m) <= 4):
+            raise argparse.ArgumentTypeError(
+                f"--shapes takes a comma list of BxM (batch >= 1, modalities 1-4), got {item!r}")
+        shapes.append((int(b), int(m)))
+    return shapes
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"],
                    help="model size: the paper's dimensions or the tiny test preset")
     p.add_argument("--batch", type=int, default=1, help="samples per forward pass")
     p.add_argument("--modalities", type=int, default=2,
                    help="modalities per sample (1-4); units per batch = batch x modalities")
+    p.add_argument("--shapes", type=_shapes, default=None,
+                   help="comma list of BxM shapes (e.g. 1x1,1x2,2x2,1x4) measured by the model "
+                   "and train sections in this one run, in place of --batch/--modalities")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side (multiple of 32; default: the preset's)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
@@ -109,6 +130,8 @@ def run(args: argparse.Namespace) -> Dict:
         raise SystemExit("unimmad bench: --modalities must be 1..4")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         raise SystemExit("unimmad bench: --batch and --iters must be >= 1, --warmup >= 0")
+    if args.shapes is None:
+        args.shapes = [(args.batch, args.modalities)]
     if "bounded" not in args.cache and args.cache_mb is not None:
         raise SystemExit("unimmad bench: --cache-mb applies to --cache bounded")
     try:
@@ -136,6 +159,7 @@ def run(args: argparse.Namespace) -> Dict:
         "progress": not args.quiet,
     }
     rows: List[Dict] = []
+    load_start = load_average()
     if "model" in args.sections:
         rows += model_section(args, cfg, device, base_job)
     if "train" in args.sections:
@@ -144,7 +168,8 @@ def run(args: argparse.Namespace) -> Dict:
         rows += cmoe_section(args, cfg, device, fast)
     if "map" in args.sections:
         rows += map_section(args, cfg, device, fast)
-    record = {"meta": environment(device), "preset": args.preset, "config": cfg.to_dict(),
+    record = {"meta": dict(environment(device), load_avg_start=load_start,
+                           load_avg_end=load_average()), "preset": args.preset, "config": cfg.to_dict(),
               "args": {k: v for k, v in vars(args).items() if k != "func"}, "results": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
@@ -159,7 +184,7 @@ def run(args: argparse.Namespace) -> Dict:
 
 COLUMNS = [
     ("section", "section", "{}"), ("provider", "provider", "{}"), ("level", "level", "{}"),
-    ("batch", "B", "{}"), ("units", "units", "{}"), ("dtype", "dtype", "{}"),
+    ("batch", "B", "{}"), ("modalities", "M", "{}"), ("units", "units", "{}"), ("dtype", "dtype", "{}"),
     ("cache", "cache", "{}"),
     ("samples_per_s", "samples/s", "{:.3f}"), ("latency_median_ms", "median ms", "{:.1f}"),
     ("latency_iqr_ms", "IQR ms", "{:.1f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
@@ -170,6 +195,8 @@ COLUMNS = [
     ("gflop", "GFLOP", "{:.1f}"), ("gbps", "GB/s", "{:.1f}"),
     ("parity_rel_err", "rel. err", "{:.1e}"),
     ("status", "status", "{}"), ("speedup", "speedup", "{:.2f}×"),
+    ("cpu_median_ms", "CPU ms", "{:.0f}"), ("speedup_cpu", "CPU-time speedup", "{:.2f}×"),
+    ("load_1m", "load (1 min)", "{}"),
 ]
 
 
@@ -206,7 +233,14 @@ def to_markdown(record: Dict) -> str:
               "= one FLOP, fused ops counted by their multiply-adds. GFLOP (cmoe rows): 2 FLOPs "
               "per multiply-add (analytic, SPEC §2). GB/s (map rows): bytes of u and p (read once) "
               "per second. Speedups are shown only where the output matches the "
-              "reference of the same run within SPEC §3 (rel. err ≤ tolerance)."]
+              "reference of the same run within SPEC §3 (rel. err ≤ tolerance). "
+              "Model and train rows: every provider in its own process, their calls "
+              "interleaved round by round (one at a time), so the speedups compare "
+              "providers under the same machine load; CPU ms: median process CPU time of a "
+              "call (all threads), and CPU-time speedup its ratio to the reference's — "
+              "less sensitive to other processes than wall-clock time; load (1 min): the 1-minute load "
+              "average at the start and end of that shape's measurement (the machine has "
+              f"{record['meta'].get('cpu_count')} CPUs)."]
     return "\n".join(lines) + "\n"
 
 

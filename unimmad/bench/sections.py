@@ -7,13 +7,19 @@ are measured once per folded-kernel memory policy asked for (``cache`` column: `
 (``cache_mb``) next to their peak memory and the reference's (``ref_peak_memory_mb``)."""
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
+import os
 import statistics
 import sys
+import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 import kernels
 
@@ -23,11 +29,11 @@ from .cases import (FAST_PROVIDERS, amap_case, build_model, cmoe_case, cmoe_modu
                     feature_bytes, map_and_score, model_inputs)
 from .meta import peak_memory_mb, peak_rss_mb
 from .parity import judge, rel_err, tolerance
-from .timing import summarize, time_calls
+from .timing import summarize, sync, time_calls
 
 __all__ = ["DTYPES", "SECTIONS", "DEFAULT_SECTIONS", "model_section", "train_section",
            "cmoe_section", "map_section", "measure_model", "measure_train_step",
-           "run_isolated", "variants", "log"]
+           "run_isolated", "run_interleaved", "load_average", "variants", "log"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SECTIONS = ("model", "train", "cmoe", "map")
@@ -83,10 +89,9 @@ def _cache_fields(model, provider: str) -> Dict:
             "cache_mb": info["bytes"] / 2 ** 20}
 
 
-def measure_model(job: Dict) -> Dict:
-    """Inference of one provider (meant to run in its own spawned process): build, warm up,
-    time forward passes; peak memory of the process (CPU resident set, CUDA max allocated)
-    and the bytes held by the folded-kernel caches at the end."""
+def _model_session(job: Dict):
+    """``(call, finish)`` of one inference provider: ``call()`` one forward pass under
+    ``torch.inference_mode``; ``finish(times, out)`` the result record."""
     device, dtype, model, images, nm = _job_model(job)
     counts = model.parameter_counts()
     if device.type == "cuda":
@@ -96,28 +101,26 @@ def measure_model(job: Dict) -> Dict:
         with torch.inference_mode():
             return model(images, nm)
 
-    times, out = time_calls(call, device, job["warmup"], job["iters"], job["label"],
-                            job.get("progress", True))
-    peak = _peak(device)
-    elem = torch.finfo(dtype).bits // 8
-    return {
-        "times_s": times,
-        "peak_memory_mb": peak,
-        "peak_memory_kind": _memory_kind(device, per_process=True),
-        "params": counts["total"],
-        "params_trainable": counts["trainable"],
-        "params_mb": counts["total"] * elem / 2 ** 20,
-        "anomaly_map": out.anomaly_map.float().cpu(),
-        "pred_score": out.pred_score.float().cpu(),
-        **_cache_fields(model, job["provider"]),
-    }
+    def finish(times, out):
+        elem = torch.finfo(dtype).bits // 8
+        return {
+            "times_s": times,
+            "peak_memory_mb": _peak(device),
+            "peak_memory_kind": _memory_kind(device, per_process=True),
+            "params": counts["total"],
+            "params_trainable": counts["trainable"],
+            "params_mb": counts["total"] * elem / 2 ** 20,
+            "anomaly_map": out.anomaly_map.float().cpu(),
+            "pred_score": out.pred_score.float().cpu(),
+            **_cache_fields(model, job["provider"]),
+        }
+    return call, finish, device
 
 
-def measure_train_step(job: Dict) -> Dict:
-    """Training steps of one provider (meant to run in its own spawned process): the
-    model in train mode, ``model.loss`` forward + backward + an Adam step per call; peak
-    memory of the process (optimizer state included) and the first step's loss (computed
-    before any update, so every provider's can be compared)."""
+def _train_session(job: Dict):
+    """``(call, finish)`` of one training provider: ``call()`` one step (``model.loss``
+    forward + backward + Adam); ``finish(times, out)`` the result record with the first
+    step's loss (computed before any update, so every provider's can be compared)."""
     device, dtype, model, images, nm = _job_model(job)
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -125,7 +128,7 @@ def measure_train_step(job: Dict) -> Dict:
         torch.cuda.reset_peak_memory_stats(device)
     losses: List[torch.Tensor] = []
 
-    def step():
+    def call():
         opt.zero_grad(set_to_none=True)
         total, _ = model.loss(images, nm)
         total.backward()
@@ -133,11 +136,35 @@ def measure_train_step(job: Dict) -> Dict:
         losses.append(total.detach().float().cpu())
         return total
 
-    times, _ = time_calls(step, device, job["warmup"], job["iters"], job["label"],
-                          job.get("progress", True))
-    return {"times_s": times, "peak_memory_mb": _peak(device),
-            "peak_memory_kind": _memory_kind(device, per_process=True),
-            "first_loss": losses[0].reshape(1), **_cache_fields(model, job["provider"])}
+    def finish(times, out):
+        return {"times_s": times, "peak_memory_mb": _peak(device),
+                "peak_memory_kind": _memory_kind(device, per_process=True),
+                "first_loss": losses[0].reshape(1), **_cache_fields(model, job["provider"])}
+    return call, finish, device
+
+
+_SESSIONS = {"model": _model_session, "train": _train_session}
+
+
+def _measure(kind: str, job: Dict) -> Dict:
+    call, finish, device = _SESSIONS[kind](job)
+    times, out = time_calls(call, device, job["warmup"], job["iters"], job["label"],
+                            job.get("progress", True))
+    return finish(times, out)
+
+
+def measure_model(job: Dict) -> Dict:
+    """Inference of one provider (meant to run in its own spawned process): build, warm up,
+    time forward passes; peak memory of the process (CPU resident set, CUDA max allocated)
+    and the bytes held by the folded-kernel caches at the end."""
+    return _measure("model", job)
+
+
+def measure_train_step(job: Dict) -> Dict:
+    """Training steps of one provider (meant to run in its own spawned process): the
+    model in train mode, ``model.loss`` forward + backward + an Adam step per call; peak
+    memory of the process (optimizer state included) and the first step's loss."""
+    return _measure("train", job)
 
 
 def run_isolated(fn, job: Dict, isolate: bool = True) -> Dict:
@@ -146,6 +173,104 @@ def run_isolated(fn, job: Dict, isolate: bool = True) -> Dict:
         return fn(job)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(fn, job).result()
+
+
+def _worker(conn, kind: str, job: Dict) -> None:
+    """A provider's own process for :func:`run_interleaved`: build, then answer ``"call"``
+    with the wall-clock and process CPU seconds of one synchronised call and ``"finish"`` with the result record
+    (tensors sent as NumPy arrays: a tensor would travel as shared memory that vanishes
+    when this process exits)."""
+    try:
+        call, finish, device = _SESSIONS[kind](job)
+        conn.send(("ready", None))
+        out = None
+        while True:
+            cmd, times = conn.recv()
+            if cmd == "call":
+                sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = call()
+                sync(device)
+                conn.send(("time", (time.perf_counter() - t0, time.process_time() - c0)))
+            else:
+                res = finish(times, out)
+                conn.send(("result", {k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                      for k, v in res.items()}))
+                return
+    except EOFError:                                       # the parent went away
+        return
+    except BaseException:                                  # reported to the parent
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _answer(conn, label: str, expected: str):
+    try:
+        what, value = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"{label}: the measuring process died (out of memory?)") from None
+    if what == "error":
+        raise RuntimeError(f"{label} failed in its process:\n{value}")
+    if what != expected:
+        raise RuntimeError(f"{label}: expected {expected!r} from its process, got {what!r}")
+    if what == "result":
+        value = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                 for k, v in value.items()}
+    return value
+
+
+def run_interleaved(kind: str, jobs: List[Dict], warmup: int, iters: int,
+                    progress: bool = True) -> List[Dict]:
+    """Measure several providers side by side, each in its own spawned process (so each
+    peak memory is its own): all are built, then each round calls every provider once, one
+    after the other (never two at a time; the order rotates from round to round), so a
+    change of machine load between rounds hits every provider alike and the ratios of
+    their medians stay fair on a shared machine.  ``kind`` is ``"model"`` (inference) or
+    ``"train"`` (one training step per call); ``warmup`` rounds are not timed.  Returns
+    one result record per job, in order (as :func:`measure_model` /
+    :func:`measure_train_step`, plus ``cpu_s``: the process CPU seconds of each timed call,
+    all threads — less sensitive to other processes' load than wall-clock time)."""
+    ctx = mp.get_context("spawn")
+    procs, conns = [], []
+    try:
+        for job in jobs:                     # built one after the other: no build overlaps
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, kind, job), daemon=True)
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(parent)
+            _answer(parent, job["label"], "ready")
+        times: List[List[float]] = [[] for _ in jobs]
+        cpu: List[List[float]] = [[] for _ in jobs]
+        rounds = warmup + iters
+        bar = tqdm(total=rounds * len(jobs), desc=f"{kind} (interleaved)", leave=False,
+                   disable=not progress, file=sys.stderr)
+        for r in range(rounds):
+            for i in (list(range(r % len(jobs), len(jobs))) + list(range(r % len(jobs)))):
+                conns[i].send(("call", None))
+                wall, cpu_s = _answer(conns[i], jobs[i]["label"], "time")
+                if r >= warmup:
+                    times[i].append(wall)
+                    cpu[i].append(cpu_s)
+                bar.update(1)
+        bar.close()
+        results = []
+        for i, job in enumerate(jobs):
+            conns[i].send(("finish", times[i]))
+            results.append(dict(_answer(conns[i], job["label"], "result"), cpu_s=cpu[i]))
+        return results
+    finally:
+        for conn in conns:
+            conn.close()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
 
 
 class _MapAndScore(torch.nn.Module):
@@ -184,37 +309,83 @@ def _row(section: str, provider: str, args, cfg: UniMMADConfig, times, **extra) 
     return row
 
 
-def _isolated_rows(section: str, fn, args, cfg: UniMMADConfig, device: torch.device,
+def load_average() -> Optional[Tuple[float, float, float]]:
+    """The machine's 1, 5 and 15 minute load averages (``uptime``'s; ``None`` where the
+    platform has none) — recorded with every model / train measurement, since on a shared
+    machine the load says how far absolute times can be trusted."""
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def _shape_args(args, batch: int, modalities: int):
+    shaped = copy.copy(args)
+    shaped.batch, shaped.modalities = batch, modalities
+    return shaped
+
+
+def _isolated_rows(section: str, args, cfg: UniMMADConfig, device: torch.device,
                    base_job: Dict, compare) -> List[Dict]:
-    """One isolated measurement per (provider, policy), judged against the reference of
-    the same run with ``compare(result, reference_result)``."""
-    rows, ref, ref_ms, ref_peak = [], None, None, None
+    """Per shape ``(B, M)`` of ``args.shapes``: one measurement per (provider, policy),
+    each provider in its own process, their calls interleaved (:func:`run_interleaved`;
+    in this process one after the other with ``--no-isolate``), judged against the
+    reference of the same shape and run with ``compare(result, reference_result)``."""
+    rows: List[Dict] = []
     tol = tolerance(DTYPES[args.dtype], device)
-    for provider, policy in variants(args.providers, args.cache):
-        budget = args.cache_mb if policy == "bounded" else None
-        tag = provider if policy is None else f"{provider}[{policy}]"
-        job = dict(base_job, provider=provider, cache=policy, cache_mb=budget,
-                   label=f"{section}/{tag}")
-        log(f"{job['label']}: preset={args.preset} B={args.batch} M={args.modalities} "
-            f"{cfg.image_size}² {args.dtype} on {device}")
-        res = run_isolated(fn, job, isolate=not args.no_isolate)
-        row = _row(section, provider, args, cfg, res["times_s"])
-        row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "times_s",
-                                        "cache", "cache_budget_mb", "cache_mb")})
-        row.update({k: res[k] for k in ("params", "params_trainable", "params_mb") if k in res})
-        if section == "model" and args.flops:
-            log(f"{job['label']}: counting FLOPs with fvcore")
-            row.update(model_flops(cfg, args, device, provider, policy or "none", budget))
-            row["activated_params_mb"] = (row["activated_params_per_unit"] * row["params_mb"]
-                                          / row["params"])
-        err = None
-        if provider == "reference":
-            ref, ref_ms, ref_peak = res, row["latency_median_ms"], row["peak_memory_mb"]
-        elif ref is not None:
-            err = compare(res, ref)
-            row["ref_peak_memory_mb"] = ref_peak
-        judge(row, err, tol, ref_ms)
-        rows.append(row)
+    for batch, modalities in args.shapes:
+        sargs = _shape_args(args, batch, modalities)
+        jobs = []
+        for provider, policy in variants(args.providers, args.cache):
+            budget = args.cache_mb if policy == "bounded" else None
+            tag = provider if policy is None else f"{provider}[{policy}]"
+            jobs.append(dict(base_job, batch=batch, modalities=modalities, provider=provider,
+                             cache=policy, cache_mb=budget,
+                             label=f"{section}/B{batch}-M{modalities}/{tag}"))
+        log(f"{section}: preset={args.preset} B={batch} M={modalities} {cfg.image_size}² "
+            f"{args.dtype} on {device}: {', '.join(j['label'].rsplit('/', 1)[1] for j in jobs)}"
+            + ("" if args.no_isolate else ", each in its own process, calls interleaved"))
+        load_start = load_average()
+        if args.no_isolate:
+            results = [_measure(section, job) for job in jobs]
+        else:
+            results = run_interleaved(section, jobs, args.warmup, args.iters,
+                                      not args.quiet)
+        load_end = load_average()
+        ref, ref_ms, ref_peak, ref_row = None, None, None, None
+        for job, res in zip(jobs, results):
+            provider, policy = job["provider"], job["cache"]
+            row = _row(section, provider, sargs, cfg, res["times_s"])
+            row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "times_s",
+                                            "cache", "cache_budget_mb", "cache_mb")})
+            row.update({k: res[k] for k in ("params", "params_trainable", "params_mb")
+                        if k in res})
+            row["timing"] = "sequential" if args.no_isolate else "interleaved"
+            if res.get("cpu_s"):
+                row["cpu_s"] = res["cpu_s"]
+                row["cpu_median_ms"] = statistics.median(res["cpu_s"]) * 1e3
+            row["load_avg_start"], row["load_avg_end"] = load_start, load_end
+            if load_start and load_end:
+                row["load_1m"] = f"{load_start[0]:.1f}→{load_end[0]:.1f}"
+            if section == "model" and args.flops:
+                log(f"{job['label']}: counting FLOPs with fvcore")
+                row.update(model_flops(cfg, sargs, device, provider, policy or "none",
+                                       job["cache_mb"]))
+                row["activated_params_mb"] = (row["activated_params_per_unit"]
+                                              * row["params_mb"] / row["params"])
+            err = None
+            if provider == "reference":
+                ref, ref_ms, ref_peak = res, row["latency_median_ms"], row["peak_memory_mb"]
+            elif ref is not None:
+                err = compare(res, ref)
+                row["ref_peak_memory_mb"] = ref_peak
+            judge(row, err, tol, ref_ms)
+            ref_cpu = ref_row.get("cpu_median_ms") if provider != "reference" and ref_row else None
+            if row["speedup"] is not None and ref_cpu and row.get("cpu_median_ms"):
+                row["speedup_cpu"] = ref_cpu / row["cpu_median_ms"]
+            if provider == "reference":
+                ref_row = row
+            rows.append(row)
     return rows
 
 
@@ -223,14 +394,14 @@ def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict
     def compare(res, ref):
         return max(rel_err(res["anomaly_map"], ref["anomaly_map"]),
                    rel_err(res["pred_score"], ref["pred_score"]))
-    return _isolated_rows("model", measure_model, args, cfg, device, base_job, compare)
+    return _isolated_rows("model", args, cfg, device, base_job, compare)
 
 
 def train_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
     """One training step (loss, backward, Adam), each (provider, policy) in its own
     process; parity on the first step's loss.  Under every policy the branch weights need
     gradients here, so the fast path folds inside autograd and holds no cache."""
-    return _isolated_rows("train", measure_train_step, args, cfg, device, base_job,
+    return _isolated_rows("train", args, cfg, device, base_job,
                           lambda res, ref: rel_err(res["first_loss"], ref["first_loss"]))
 
 
