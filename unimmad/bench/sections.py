@@ -188,10 +188,11 @@ def _worker(conn, kind: str, job: Dict) -> None:
             cmd, times = conn.recv()
             if cmd == "call":
                 sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
+                m0, t0, c0 = time.monotonic(), time.perf_counter(), time.process_time()
                 out = call()
                 sync(device)
-                conn.send(("time", (time.perf_counter() - t0, time.process_time() - c0)))
+                conn.send(("time", (time.perf_counter() - t0, time.process_time() - c0,
+                                    (m0, time.monotonic()))))
             else:
                 res = finish(times, out)
                 conn.send(("result", {k: v.numpy() if isinstance(v, torch.Tensor) else v
@@ -233,7 +234,8 @@ def run_interleaved(kind: str, jobs: List[Dict], warmup: int, iters: int,
     ``"train"`` (one training step per call); ``warmup`` rounds are not timed.  Returns
     one result record per job, in order (as :func:`measure_model` /
     :func:`measure_train_step`, plus ``cpu_s``: the process CPU seconds of each timed call,
-    all threads — less sensitive to other processes' load than wall-clock time)."""
+    all threads — less sensitive to other processes' load than wall-clock time — and
+    ``call_spans``: ``time.monotonic()`` start and end of every call, warm-up included)."""
     ctx = mp.get_context("spawn")
     procs, conns = [], []
     try:
@@ -247,13 +249,15 @@ def run_interleaved(kind: str, jobs: List[Dict], warmup: int, iters: int,
             _answer(parent, job["label"], "ready")
         times: List[List[float]] = [[] for _ in jobs]
         cpu: List[List[float]] = [[] for _ in jobs]
+        spans: List[List[Tuple[float, float]]] = [[] for _ in jobs]
         rounds = warmup + iters
         bar = tqdm(total=rounds * len(jobs), desc=f"{kind} (interleaved)", leave=False,
                    disable=not progress, file=sys.stderr)
         for r in range(rounds):
             for i in (list(range(r % len(jobs), len(jobs))) + list(range(r % len(jobs)))):
                 conns[i].send(("call", None))
-                wall, cpu_s = _answer(conns[i], jobs[i]["label"], "time")
+                wall, cpu_s, span = _answer(conns[i], jobs[i]["label"], "time")
+                spans[i].append(span)
                 if r >= warmup:
                     times[i].append(wall)
                     cpu[i].append(cpu_s)
@@ -262,7 +266,8 @@ def run_interleaved(kind: str, jobs: List[Dict], warmup: int, iters: int,
         results = []
         for i, job in enumerate(jobs):
             conns[i].send(("finish", times[i]))
-            results.append(dict(_answer(conns[i], job["label"], "result"), cpu_s=cpu[i]))
+            results.append(dict(_answer(conns[i], job["label"], "result"), cpu_s=cpu[i],
+                                call_spans=spans[i]))
         return results
     finally:
         for conn in conns:
