@@ -28,7 +28,9 @@ run once per folded-kernel memory policy of ``--cache`` (``none`` — the defaul
 ``bounded`` with ``--cache-mb``, ``all``); each row names its policy, the MB its caches
 hold and, next to its peak memory, the reference's.
 
-Output: a printed table, ``bench.json`` and ``bench.md`` in ``--out``.
+Output: a printed table, ``bench.json`` and ``bench.md`` in ``--out``; ``bench.json`` is
+also written after every shape and section (``"complete": false`` until the run ends), so
+an interrupted run keeps what it measured.
 """
 from __future__ import annotations
 
@@ -160,20 +162,34 @@ def run(args: argparse.Namespace) -> Dict:
     }
     rows: List[Dict] = []
     load_start = load_average()
+    os.makedirs(args.out, exist_ok=True)
+
+    def save(partial=(), complete=False):
+        record = {"meta": dict(environment(device), load_avg_start=load_start,
+                               load_avg_end=load_average()),
+                  "preset": args.preset, "config": cfg.to_dict(),
+                  "args": {k: v for k, v in vars(args).items() if k != "func"},
+                  "complete": complete, "results": rows + list(partial)}
+        tmp = os.path.join(args.out, "bench.json.partial")
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, os.path.join(args.out, "bench.json"))
+        return record
+
+    # bench.json is rewritten after every shape / section ("complete": false until the
+    # end), so a long run interrupted keeps what it measured
     if "model" in args.sections:
-        rows += model_section(args, cfg, device, base_job)
+        rows += model_section(args, cfg, device, base_job, on_shape=save)
+        save()
     if "train" in args.sections:
-        rows += train_section(args, cfg, device, base_job)
+        rows += train_section(args, cfg, device, base_job, on_shape=save)
+        save()
     if "cmoe" in args.sections:
         rows += cmoe_section(args, cfg, device, fast)
+        save()
     if "map" in args.sections:
         rows += map_section(args, cfg, device, fast)
-    record = {"meta": dict(environment(device), load_avg_start=load_start,
-                           load_avg_end=load_average()), "preset": args.preset, "config": cfg.to_dict(),
-              "args": {k: v for k, v in vars(args).items() if k != "func"}, "results": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    record = save(complete=True)
     md = to_markdown(record)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(md)

@@ -331,11 +331,12 @@ def _shape_args(args, batch: int, modalities: int):
 
 
 def _isolated_rows(section: str, args, cfg: UniMMADConfig, device: torch.device,
-                   base_job: Dict, compare) -> List[Dict]:
+                   base_job: Dict, compare, on_shape=None) -> List[Dict]:
     """Per shape ``(B, M)`` of ``args.shapes``: one measurement per (provider, policy),
     each provider in its own process, their calls interleaved (:func:`run_interleaved`;
     in this process one after the other with ``--no-isolate``), judged against the
-    reference of the same shape and run with ``compare(result, reference_result)``."""
+    reference of the same shape and run with ``compare(result, reference_result)``.
+    ``on_shape(rows)`` (optional) receives the rows measured so far after each shape."""
     rows: List[Dict] = []
     tol = tolerance(DTYPES[args.dtype], device)
     for batch, modalities in args.shapes:
@@ -391,23 +392,29 @@ def _isolated_rows(section: str, args, cfg: UniMMADConfig, device: torch.device,
             if provider == "reference":
                 ref_row = row
             rows.append(row)
+        if on_shape is not None:
+            on_shape(rows)
     return rows
 
 
-def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
-    """End-to-end inference, each (provider, policy) in its own process."""
+def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict,
+                  on_shape=None) -> List[Dict]:
+    """End-to-end inference, each (provider, policy) in its own process (``on_shape``: see
+    :func:`_isolated_rows`)."""
     def compare(res, ref):
         return max(rel_err(res["anomaly_map"], ref["anomaly_map"]),
                    rel_err(res["pred_score"], ref["pred_score"]))
-    return _isolated_rows("model", args, cfg, device, base_job, compare)
+    return _isolated_rows("model", args, cfg, device, base_job, compare, on_shape)
 
 
-def train_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict) -> List[Dict]:
+def train_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict,
+                  on_shape=None) -> List[Dict]:
     """One training step (loss, backward, Adam), each (provider, policy) in its own
     process; parity on the first step's loss.  Under every policy the branch weights need
     gradients here, so the fast path folds inside autograd and holds no cache."""
     return _isolated_rows("train", args, cfg, device, base_job,
-                          lambda res, ref: rel_err(res["first_loss"], ref["first_loss"]))
+                          lambda res, ref: rel_err(res["first_loss"], ref["first_loss"]),
+                          on_shape)
 
 
 # ----------------------------------------------------------------------------- C-MoE
