@@ -107,8 +107,28 @@ def test_bench_shapes_in_one_run(tmp_path):
         for row in fast:      # judged against the reference of its own shape
             assert row["ref_peak_memory_mb"] == ref["peak_memory_mb"] and row["status"] == "ok"
     assert rec["args"]["shapes"] == [[1, 1], [2, 3]] or rec["args"]["shapes"] == [(1, 1), (2, 3)]
+    assert rec["complete"] is True
     assert len(rec["meta"]["load_avg_start"]) == 3 and "load (1 min)" in (
         tmp_path / "bench.md").read_text()
+
+
+def test_bench_keeps_what_it_measured_when_interrupted(monkeypatch, tmp_path):
+    from unimmad.bench import sections
+    real = sections._measure
+
+    def measure(kind, job):
+        if job["batch"] == 2:
+            raise KeyboardInterrupt
+        return real(kind, job)
+    monkeypatch.setattr(sections, "_measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        main_record(["bench", "--preset", "tiny", "--shapes", "1x2,2x1", "--warmup", "0",
+                     "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--quiet",
+                     "--no-flops", "--sections", "model"])
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    assert rec["complete"] is False
+    assert [(r["batch"], r["provider"]) for r in rec["results"]] == [(1, "reference"),
+                                                                      (1, "torch")]
 
 
 def _tiny_job(provider, cache, label):
