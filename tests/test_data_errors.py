@@ -459,3 +459,49 @@ def test_brats_arguments_are_checked(tmp_path, kwargs):
 def test_protocol_options_are_checked(tmp_path, cls, kwargs):
     with pytest.raises((TypeError, ValueError)):
         cls(tmp_path, **kwargs)
+
+
+def test_broken_links_elsewhere_are_named_and_listed_once(tmp_path):
+    """A broken mask link (BMAD), a broken volume link (BraTS), a broken mask link of a
+    good MVTec 3D-AD image: each named as a broken link, each sample listed once."""
+    root = tmp_path / "liver"
+    F.make_bmad(root)
+    link = F.dangling_symlink(root / "test" / "Ungood" / "anomaly_mask" / "00001_81.png")
+    with pytest.raises(D.MissingPathError, match="broken symbolic link"):
+        D.LiverCT(root, "test")
+    assert [p for p, _ in D.LiverCT(root, "test", skip_broken=True).skipped] == [str(link)]
+    F.make_brats(tmp_path / "brats", n_cases=2)
+    vol = F.dangling_symlink(tmp_path / "brats" / "MICCAI_BraTS2020_TrainingData" /
+                             "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii")
+    with pytest.raises(D.MissingPathError, match=f"{vol}: .*broken symbolic link"):
+        D.BraTS2020(tmp_path / "brats", "train", test_fraction=0.5)
+    root = _mvtec3d(tmp_path)
+    gt = F.dangling_symlink(root / "bagel" / "test" / "good" / "gt" / "000.png")
+    with pytest.raises(D.MissingPathError, match=f"{gt}: mask is a broken symbolic link"):
+        D.MVTec3DAD(root, "test")
+    assert [p for p, _ in D.MVTec3DAD(root, "test", skip_broken=True).skipped] == [str(gt)]
+    root = mvtec(tmp_path)
+    F.dangling_symlink(root / "license.pdf")                 # not a class folder: ignored
+    assert len(D.MVTecAD(root, "train")) == 3
+    F.dangling_symlink(root / "cable")                       # a class folder: reported
+    with pytest.raises(D.MissingPathError, match="cable: folder is a broken symbolic link"):
+        D.MVTecAD(root, "train")
+
+
+def test_mask_alpha_channel_is_ignored(tmp_path):
+    root = mvtec(tmp_path)
+    mask = root / "bottle" / "ground_truth" / "crack" / "000_mask.png"
+    rgba = np.zeros((F.H, F.W, 4), np.uint8)
+    rgba[..., 3] = 255                                        # opaque everywhere
+    rgba[F.BOX] = (255, 255, 255, 255)
+    F.save_png(mask, rgba)
+    ds = D.MVTecAD(root, "test", preprocess=D.Preprocess(image_size=F.W))
+    m = ds.read_mask(ds.records[[r.mask for r in ds.records].index(str(mask))])
+    box = np.zeros((F.H, F.W), bool)
+    box[F.BOX] = True
+    assert (m == box).all()
+
+
+def test_root_must_be_a_path():
+    with pytest.raises(TypeError, match="root must be a path"):
+        D.MVTecAD(3)

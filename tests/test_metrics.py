@@ -408,6 +408,12 @@ def test_bad_inputs_raise_clear_errors():
         acc.update([0.1, 0.2], [0, 1])
     with pytest.raises(ValueError, match="before any update"):
         M.MetricAccumulator().compute()
+    empty = M.MetricAccumulator()
+    empty.update([], [])
+    with pytest.raises(ValueError, match="before any update"):
+        empty.compute()
+    with pytest.raises(ValueError, match="no images"):
+        M.compute([], [])
     with pytest.raises(ValueError, match="3 pred_scores"):
         M.compute([0.1, 0.2, 0.3], [0, 1])
     with pytest.raises(ValueError, match="expected \\[2, H, W\\]"):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import abc
 import logging
 import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -130,6 +131,8 @@ class AnomalyDataset(Dataset, abc.ABC):
             self.dataset_name = dataset_name
         if not isinstance(split, str):
             raise TypeError(f"{name}: split must be a str, got {split!r}")
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"{name}: root must be a path (str or os.PathLike), got {root!r}")
         for flag, value in (("skip_broken", skip_broken), ("progress", progress)):
             if not (isinstance(value, bool) or (flag == "progress" and value is None)):
                 raise TypeError(f"{name}: {flag} must be True or False, got {value!r}")
@@ -215,13 +218,13 @@ class AnomalyDataset(Dataset, abc.ABC):
 
     def _subdirs(self, folder) -> List[Path]:
         """Sub-folders of a folder (natural order, hidden ones left out); a broken symbolic
-        link among them goes to :meth:`_problem`."""
+        link among them with a folder-like name (no extension) goes to :meth:`_problem`."""
         out = []
         for p in list_entries(folder):
             if p.is_dir():
                 out.append(p)
-            elif p.is_symlink() and not p.exists():
-                self._problem(missing_path_error(p, "folder"))
+            elif p.is_symlink() and not p.exists() and not p.suffix:
+                self._problem(missing_path_error(p, "folder"))   # a class / defect / case folder
         return out
 
     def _discover_classes(self, classes: Optional[List[str]], marker=None) -> List[str]:

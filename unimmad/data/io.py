@@ -198,10 +198,12 @@ def read_gray_raw(path: PathLike) -> np.ndarray:
 
 
 def read_mask(path: PathLike, threshold: float = 0) -> np.ndarray:
-    """A ground-truth mask as bool ``[H, W]``: a value above ``threshold`` (any channel) is
-    defect — 0 for lossless masks (any non-zero value, e.g. 255 or VisA's ids), 127 for
+    """A ground-truth mask as bool ``[H, W]``: a value above ``threshold`` (any colour
+    channel; an alpha channel is ignored) is defect — 0 for lossless masks (any non-zero value, e.g. 255 or VisA's ids), 127 for
     JPEG masks (Hyper-Kvasir), whose compression noise would otherwise count."""
     a = _pixels(path)
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        a = a[..., :-1]                  # an alpha channel is not part of the mask
     if a.ndim == 3:
         a = a.max(axis=2)
     if a.ndim != 2 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):

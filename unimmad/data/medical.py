@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import AnomalyDataset, Record
-from .io import (DataError, DataLayoutError, MissingPathError, list_entries, missing_path_error,
-                 read_mask, read_nifti, read_nifti_shape, read_nifti_slice, require_dir)
+from .io import (DataError, DataLayoutError, MissingPathError, list_entries, list_images,
+                 missing_path_error, read_mask, read_nifti, read_nifti_shape, read_nifti_slice,
+                 require_dir)
 from .preprocess import ModalityImage
 
 __all__ = ["BraTS2020", "BMADStyle", "HyperKvasir", "RetinalOCT", "LiverCT", "normalize_slice"]
@@ -140,7 +141,7 @@ class BraTS2020(AnomalyDataset):
     def _find(case: Path, key: str) -> Optional[Path]:
         for ext in (".nii.gz", ".nii"):
             p = case / f"{case.name}_{key}{ext}"
-            if p.is_file():
+            if p.is_file() or p.is_symlink():       # a broken link fails later, named
                 return p
         files = [p for p in list_entries(case) if p.is_file()]
         cands = [p for p in files if re.search(rf"_{key}\.nii(\.gz)?$", p.name)]
@@ -359,9 +360,12 @@ class BMADStyle(AnomalyDataset):
             mask_dir = _ci(split_dir.parent, f"{split_dir.name}_label", "Ungood")
             mask_form = f"{split_dir.name}_label/Ungood" if mask_dir is not None else None
         self.layout_used += f" + {bad_form}" + (f" + masks {mask_form}" if mask_form else "")
-        masks = {} if mask_dir is None else _stem_map_images(self, mask_dir)
+        broken: set = set()
+        masks = {} if mask_dir is None else _stem_map_images(self, mask_dir, broken)
         for img in self._images(bad):
             mask = masks.get(img.stem)
+            if mask is None and img.stem in broken:
+                continue                                   # its broken mask is listed already
             if mask is None and self.require_masks:
                 where = mask_dir if mask_dir is not None else split_dir / "Ungood" / "anomaly_mask"
                 self._problem(MissingPathError(where / img.name, f"mask of {img} not found"))
@@ -371,8 +375,15 @@ class BMADStyle(AnomalyDataset):
         return out
 
 
-def _stem_map_images(reader: AnomalyDataset, folder: Path) -> Dict[str, Path]:
-    return {p.stem: p for p in reader._images(folder)}
+def _stem_map_images(reader: AnomalyDataset, folder: Path,
+                     broken: Optional[set] = None) -> Dict[str, Path]:
+    """``{stem: file}`` of a folder's images; stems of broken entries go to ``broken``."""
+    def problem(err):
+        if broken is not None:
+            broken.add(Path(err.path).stem)
+        reader._problem(err)
+
+    return {p.stem: p for p in list_images(folder, on_problem=problem)}
 
 
 class RetinalOCT(BMADStyle):
@@ -509,18 +520,20 @@ class HyperKvasir(AnomalyDataset):
             return out
         seg_images: Dict[str, Path] = {}
         seg_masks: Dict[str, Path] = {}
+        broken: set = set()
         if segmented is not None:
             seg_images = _stem_map_images(self, require_dir(segmented / "images",
-                                                            "Hyper-Kvasir segmented images folder"))
+                                                            "Hyper-Kvasir segmented images folder"),
+                                          broken)
             seg_masks = _stem_map_images(self, require_dir(segmented / "masks",
-                                                           "Hyper-Kvasir masks folder"))
+                                                           "Hyper-Kvasir masks folder"), broken)
         elif not self.abnormal_findings:
             raise MissingPathError(self.root / "segmented-images", "Hyper-Kvasir segmented-images "
                                    "folder not found (the anomalous test images with masks)")
         abnormal = dict(seg_images)
         for img in self._finding_images(lower, self.abnormal_findings):
             abnormal.setdefault(img.stem, img)
-        for stem in sorted(abnormal):
+        for stem in sorted(set(abnormal) - broken):
             img = abnormal[stem]
             mask = seg_masks.get(stem)
             if mask is None and (stem in seg_images or self.require_masks):

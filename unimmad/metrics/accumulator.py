@@ -115,8 +115,8 @@ class MetricAccumulator:
 
     def compute(self) -> Dict[str, float]:
         """The metrics dict (see the class docstring)."""
-        if not self._scores:
-            raise ValueError("MetricAccumulator.compute() called before any update()")
+        if not self._scores or self.num_images == 0:
+            raise ValueError("MetricAccumulator.compute() called before any update() with images")
         s = np.concatenate(self._scores)
         y = np.concatenate(self._labels)
         neg, pos = np.sort(s[~y]), np.sort(s[y])
@@ -167,6 +167,8 @@ def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "ex
     y = check_labels(labels, "labels")
     if s.shape != y.shape:
         raise ValueError(f"{s.size} pred_scores but {y.size} labels")
+    if s.size == 0:
+        raise ValueError("compute: no images (pred_scores is empty)")
     if anomaly_maps is None and masks is None:
         acc.update(s, y)
         return acc.compute()
