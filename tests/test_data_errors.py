@@ -282,7 +282,7 @@ def test_mvtec3d_xyz_of_another_size_names_both_files(tmp_path):
     root = _mvtec3d(tmp_path)
     xyz = root / "bagel" / "test" / "hole" / "xyz" / "000.tiff"
     rgb = root / "bagel" / "test" / "hole" / "rgb" / "000.png"
-    tifffile.imwrite(str(xyz), np.ones((F.H // 2, F.W // 2, 3), np.float32))
+    tifffile.imwrite(str(xyz), np.ones((F.H // 2, F.W // 2, 3), np.float32), photometric="rgb")
     ds = D.MVTec3DAD(root, "test", preprocess=PRE)
     i = [r.files[1][1] for r in ds.records].index(str(xyz))
     with pytest.raises(D.DataLayoutError, match=f"{xyz}: depth size .12, 16. differs .* {rgb}"):
@@ -296,7 +296,8 @@ def test_mvtec3d_xyz_of_another_size_names_both_files(tmp_path):
     with pytest.raises(D.DataReadError, match=f"{bad}: an organised point cloud"):
         D.MVTec3DAD(root, "train", preprocess=PRE)[0]
     empty = root / "bagel" / "train" / "good" / "xyz" / "001.tiff"
-    tifffile.imwrite(str(empty), np.zeros((F.H, F.W, 3), np.float32))  # no valid point
+    tifffile.imwrite(str(empty), np.zeros((F.H, F.W, 3), np.float32),  # no valid point
+                     photometric="rgb")
     with pytest.raises(D.DataReadError, match=f"{empty}: depth map has no valid pixel"):
         D.MVTec3DAD(root, "train", preprocess=PRE)[1]
 
@@ -505,3 +506,21 @@ def test_mask_alpha_channel_is_ignored(tmp_path):
 def test_root_must_be_a_path():
     with pytest.raises(TypeError, match="root must be a path"):
         D.MVTecAD(3)
+
+
+def test_planar_point_cloud_and_repeated_classes(tmp_path):
+    import tifffile
+    root = _mvtec3d(tmp_path)
+    path = root / "bagel" / "train" / "good" / "xyz" / "000.tiff"
+    xyz = tifffile.imread(str(path))
+    ds = D.MVTec3DAD(root, "train", preprocess=PRE)
+    ref = ds.read_modality("depth", str(path), ds.records[0])
+    tifffile.imwrite(str(path), np.ascontiguousarray(np.moveaxis(xyz, 2, 0)), photometric="rgb",
+                     planarconfig="separate")
+    got = ds.read_modality("depth", str(path), ds.records[0])
+    assert np.array_equal(got.data, ref.data) and np.array_equal(got.valid, ref.valid)
+    tifffile.imwrite(str(path), np.ones((F.H, F.W, 4), np.float32), photometric="rgb",
+                     extrasamples=["unspecified"])
+    with pytest.raises(D.DataReadError, match="numeric \\[H, W, 3\\]"):
+        ds[0]
+    assert len(D.MVTec3DAD(root, "train", classes=["bagel", "bagel"])) == 3

@@ -168,7 +168,7 @@ class AnomalyDataset(Dataset, abc.ABC):
             if not isinstance(c, str):
                 raise TypeError(f"{type(self).__name__}: class names must be str, got {c!r}")
             out.append(self.CLASS_ALIASES.get(c, c))
-        return out
+        return list(dict.fromkeys(out))                    # each class once
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
@@ -184,7 +184,9 @@ class AnomalyDataset(Dataset, abc.ABC):
         organised point cloud's z, invalid points by :attr:`invalid_points`)."""
         if modality == "depth" and path.lower().endswith((".tif", ".tiff")):
             xyz = read_tiff(path)
-            if xyz.ndim != 3 or xyz.shape[2] < 3 or not np.issubdtype(xyz.dtype, np.number):
+            if xyz.ndim == 3 and xyz.shape[2] != 3 and xyz.shape[0] == 3:
+                xyz = np.moveaxis(xyz, 0, 2)                 # a planar (3, H, W) TIFF
+            if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.number):
                 raise DataReadError(path, f"an organised point cloud must be a numeric [H, W, 3] "
                                     f"array, got {xyz.dtype} {xyz.shape}")
             z, valid = depth_from_xyz(xyz, self.invalid_points)
