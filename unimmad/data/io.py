@@ -33,7 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 Mpx), applied to TIFF and ``.npy`` files too.
 #: A header claiming more raises a :class:`DataReadError` instead of allocating the memory.
 MAX_PIXELS = 89_478_485
-#: Largest NIfTI volume (voxels) a reader loads (16× a 240×240×155 BraTS volume is 1.4e8).
+#: Largest NIfTI volume (voxels) a reader loads; a BraTS volume (240×240×155) has 8.9e6.
 MAX_VOXELS = 2 ** 31
 
 
