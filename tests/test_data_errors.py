@@ -524,3 +524,11 @@ def test_planar_point_cloud_and_repeated_classes(tmp_path):
     with pytest.raises(D.DataReadError, match="numeric \\[H, W, 3\\]"):
         ds[0]
     assert len(D.MVTec3DAD(root, "train", classes=["bagel", "bagel"])) == 3
+
+
+def test_volume_size_limit_names_the_file(tmp_path, monkeypatch):
+    import unimmad.data.io as io
+    F.make_brats(tmp_path, n_cases=2)
+    monkeypatch.setattr(io, "MAX_VOXELS", 1000)             # every test volume is 24×32×10
+    with pytest.raises(D.DataReadError, match=r"_seg\.nii: volume header claims \(24, 32, 10\)"):
+        D.BraTS2020(tmp_path, "train", test_fraction=0.5)
