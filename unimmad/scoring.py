@@ -102,7 +102,12 @@ def anomaly_map(priors: Sequence[torch.Tensor], predictions: Sequence[torch.Tens
             raise ValueError(
                 f"level {lvl}: {u.shape[0]} units but unit_to_sample has "
                 f"{unit_to_sample.shape[0]}")
-    B = int(num_samples) if num_samples is not None else int(unit_to_sample.max()) + 1
+    if num_samples is None:
+        B = int(unit_to_sample.max()) + 1
+    elif isinstance(num_samples, torch.SymInt):
+        B = num_samples  # symbolic batch under torch.export: int() would specialise it
+    else:
+        B = int(num_samples)
     dtype = torch.promote_types(priors[0].dtype, torch.float32)
     acc = torch.zeros(B, *size, dtype=dtype, device=priors[0].device)
     for u, p in zip(priors, predictions):
