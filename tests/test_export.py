@@ -91,6 +91,12 @@ def test_exportable_rejects_bad_arguments():
         wrapper(torch.randn(1, 3, 3, 64, 64))  # three modalities into a 2-modality export
     with pytest.raises(ValueError, match=r"\[B, 2, 3, 64, 64\]"):
         wrapper(torch.randn(1, 2, 3, 32, 32))
+    with pytest.raises(TypeError, match="float64"):
+        wrapper(torch.randn(1, 2, 3, 64, 64, dtype=torch.float64))
+    model.train()
+    with pytest.raises(ValueError, match=r"\.eval\(\)"):
+        wrapper(torch.randn(1, 2, 3, 64, 64))
+    model.eval()
     with pytest.raises(TypeError, match="UniMMAD"):
         ExportableUniMMAD(torch.nn.Linear(2, 2), 1)
     with pytest.raises(ValueError, match="reference model"):
@@ -210,3 +216,16 @@ def test_onnx_export_without_the_extra_says_how_to_install(tmp_path, monkeypatch
                  "--out", str(tmp_path / "m.onnx")]) == 2
     assert 'pip install -e ".[onnx]"' in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_fails_when_the_check_disagrees(tmp_path, monkeypatch, capsys):
+    import unimmad.export as ex
+    monkeypatch.setattr(ex, "save_torch", lambda *a, **k: None)  # no export: CLI logic only
+    monkeypatch.setattr(ex, "verify_export", lambda *a, **k: {
+        "map_rel_err": 3e-2, "score_rel_err": 1e-7, "routing_equal": False, "ok": False,
+        "tol": 1e-4, "batch_size": 3})
+    assert main(["export", "--format", "torch", "--set", "preset=tiny", "--modalities", "1",
+                 "--out", str(tmp_path / "m.pt2")]) == 1
+    err = capsys.readouterr().err
+    assert "map rel. err 3.00e-02" in err and "routing DIFFERENT" in err
+    assert "disagrees with the PyTorch model (tolerance 1e-04)" in err

@@ -154,8 +154,9 @@ def cmd_export(args) -> int:
         model = UniMMAD(cfg).eval()
         source = f"a fresh model (seed {args.seed}, no checkpoint)"
     out = args.out or ("model.onnx" if args.format == "onnx" else "model.pt2")
-    print(f"[unimmad export] {source} -> {out} ({args.format}, {args.modalities} "
-          "modalities per sample)", file=sys.stderr)
+    per = "modality" if args.modalities == 1 else "modalities"
+    print(f"[unimmad export] {source} -> {out} ({args.format}, {args.modalities} {per} "
+          "per sample)", file=sys.stderr)
     if args.format == "onnx":
         try:
             export_onnx(model, out, args.modalities, args.batch_size, routing=args.routing)
@@ -243,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export the inference model (ONNX or torch.export)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Exports images [B, M, 3, S, S] -> (anomaly_map [B, S, S], "
                        "pred_score [B]) for a fixed number M of modalities per sample (the "
                        "reference PyTorch path; no training, no mixed modality counts). ONNX "
@@ -254,17 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "for ONNX) and the errors are printed. ONNX needs pip install -e "
                        "\".[onnx]\".")
     p.add_argument("--format", choices=("onnx", "torch"), default="onnx",
-                   help="onnx (.onnx file) or torch (torch.export program, .pt2)")
+                   help="onnx (.onnx file, the default) or torch (torch.export program, .pt2)")
     p.add_argument("--checkpoint", help="a checkpoint written by unimmad train")
-    _add_run_args(p)
+    p.add_argument("--config", help="run config file (YAML or JSON) of a fresh model "
+                   "(see unimmad train --help)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides of that config, e.g. preset=tiny model.top_k=1")
     p.add_argument("--modalities", type=int, required=True, metavar="M",
                    help="modalities per sample the exported model takes (1..max_modalities)")
     p.add_argument("--out", help="output file (default: model.onnx / model.pt2)")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="batch size of an ONNX model (torch programs take any)")
+                   help="batch size of an ONNX model (default: 1; torch programs take any)")
     p.add_argument("--routing", action="store_true",
                    help="also output each C-MoE level and branch's chosen leaders (debug)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed of a fresh model")
+    p.add_argument("--seed", type=int, default=0,
+                   help="weight seed of a fresh model (default: 0)")
     p.add_argument("--no-check", action="store_true",
                    help="skip running the exported model against the PyTorch model")
     p.set_defaults(func=cmd_export)

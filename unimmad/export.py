@@ -67,9 +67,10 @@ class ExportableUniMMAD(nn.Module):
     ``b``), in the order of :attr:`output_names`.  ``images`` holds the modalities in the
     slot order the model was trained with (e.g. RGB then depth).
 
-    The wrapper shares ``model``'s parameters (no copy) and puts it in eval mode when it is
-    put in eval mode.  Only shapes are checked (a wrong shape raises ``ValueError``); the
-    value checks of ``UniMMAD.check_inputs`` (NaN / Inf) are not part of this path.
+    The wrapper shares ``model``'s parameters (no copy) and runs only in eval mode
+    (``.eval()`` on the wrapper puts ``model`` in eval mode).  Shape and dtype are checked
+    (``ValueError`` / ``TypeError``); the value checks of ``UniMMAD.check_inputs``
+    (NaN / Inf) are not part of this path.
     """
 
     def __init__(self, model: UniMMAD, num_modalities: int, routing: bool = False):
@@ -112,6 +113,11 @@ class ExportableUniMMAD(nn.Module):
             raise ValueError(
                 f"images must be [B, {M}, 3, {S}, {S}] (this export takes {M} modalities "
                 f"per sample), got {tuple(getattr(images, 'shape', ()))}")
+        dtype = self.model.embedding.embedding.dtype
+        if images.dtype != dtype and not torch.is_autocast_enabled(images.device.type):
+            raise TypeError(f"images are {images.dtype} but the model's parameters {dtype}")
+        if self.model.training:
+            raise ValueError("ExportableUniMMAD is the inference forward: call .eval() first")
         B = images.shape[0]
         dev = images.device
         if M < cfg.max_modalities:  # the model's absent slots hold zeros
@@ -223,27 +229,29 @@ def verify_export(model: UniMMAD, path: str, fmt: str, num_modalities: int,
     """
     if fmt not in ("onnx", "torch"):
         raise ValueError(f"fmt must be 'onnx' or 'torch', got {fmt!r}")
-    check_exportable(model)
-    wrapper = ExportableUniMMAD(model, num_modalities)
-    gen = torch.Generator().manual_seed(seed)
-    param = model.embedding.embedding
-    S, M, Mx = model.config.image_size, num_modalities, model.config.max_modalities
-    images = torch.randn(batch_size, M, 3, S, S, generator=gen, dtype=param.dtype)
+    ExportableUniMMAD(model, num_modalities)  # checks the model and num_modalities
     if fmt == "onnx":
         try:
             import onnxruntime
         except ImportError:
             return None
+    gen = torch.Generator().manual_seed(seed)
+    param = model.embedding.embedding
+    S, M, Mx = model.config.image_size, num_modalities, model.config.max_modalities
+    images = torch.randn(batch_size, M, 3, S, S, generator=gen, dtype=param.dtype)
+    padded = torch.cat([images, images.new_zeros(batch_size, Mx - M, 3, S, S)], 1)
+    with _eval_no_grad(model):
+        ref = model(padded.to(param.device), torch.full((batch_size,), M,
+                                                        device=param.device))
+    if fmt == "onnx":
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        outs = [torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()})]
+        # copies: the arrays onnxruntime returns do not own their memory
+        outs = [torch.from_numpy(o.copy())
+                for o in session.run(None, {"images": images.numpy()})]
     else:
         with _eval_no_grad(model):
             program = torch.export.load(path).module()
             outs = list(program(images.to(param.device)))
-    padded = torch.cat([images, images.new_zeros(batch_size, Mx - M, 3, S, S)], 1)
-    with _eval_no_grad(model), torch.no_grad():
-        ref = model(padded.to(param.device), torch.full((batch_size,), M,
-                                                        device=param.device))
 
     def rel(a, b):
         b = b.detach().float().cpu()
