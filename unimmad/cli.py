@@ -1,4 +1,4 @@
-"""Command line: ``unimmad train | eval | predict | bench | demo`` (also
+"""Command line: ``unimmad train | eval | predict | export | bench | demo`` (also
 ``python -m unimmad ...``).  ``unimmad <command> --help`` explains every option."""
 from __future__ import annotations
 
@@ -139,6 +139,58 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import torch
+    from .export import export_onnx, save_torch, verify_export
+    if args.checkpoint:
+        if args.config or args.overrides:
+            raise ValueError("export: give either --checkpoint or --config/--set (a fresh "
+                             "model), not both")
+        model = _load_model(args.checkpoint, "cpu", accelerate=False)
+        source = args.checkpoint
+    else:
+        from .engine.runconfig import build_model_config, load_run_config
+        from .models.model import UniMMAD
+        cfg = build_model_config(load_run_config(args.config, args.overrides))
+        torch.manual_seed(args.seed)
+        model = UniMMAD(cfg).eval()
+        source = f"a fresh model (seed {args.seed}, no checkpoint)"
+    out = args.out or ("model.onnx" if args.format == "onnx" else "model.pt2")
+    per = "modality" if args.modalities == 1 else "modalities"
+    print(f"[unimmad export] {source} -> {out} ({args.format}, {args.modalities} {per} "
+          "per sample)", file=sys.stderr)
+    if args.format == "onnx":
+        try:
+            export_onnx(model, out, args.modalities, args.batch_size, routing=args.routing)
+        except ImportError as exc:  # the optional onnx extra is missing
+            print(f"unimmad export: error: {exc}", file=sys.stderr)
+            return 2
+        shape = f"[{args.batch_size}, {args.modalities}, 3, S, S]"
+    else:
+        save_torch(model, out, args.modalities, routing=args.routing)
+        shape = f"[B, {args.modalities}, 3, S, S] (any B)"
+    S = model.config.image_size
+    print(f"[unimmad export] input images {shape.replace('S', str(S))} float32; outputs "
+          f"anomaly_map, pred_score{', routing_*' if args.routing else ''}", file=sys.stderr)
+    if args.no_check:
+        return 0
+    check = verify_export(model, out, args.format, args.modalities,
+                          args.batch_size if args.format == "onnx" else 3)
+    if check is None:
+        print("[unimmad export] check skipped: onnxruntime is not installed "
+              "(pip install -e \".[onnx]\")", file=sys.stderr)
+        return 0
+    routing = {None: "", True: ", routing identical", False: ", routing DIFFERENT"}
+    print(f"[unimmad export] check against the PyTorch model (batch {check['batch_size']}): "
+          f"map rel. err {check['map_rel_err']:.2e}, score rel. err "
+          f"{check['score_rel_err']:.2e}{routing[check['routing_equal']]}", file=sys.stderr)
+    if not check["ok"]:
+        print(f"unimmad export: error: the exported model disagrees with the PyTorch model "
+              f"(tolerance {check['tol']:.0e})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .engine.demo import run_demo
     report = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
@@ -151,7 +203,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unimmad", description="UniMMAD anomaly detection: train, evaluate, predict, "
-        "benchmark, and a self-contained demo.")
+        "export, benchmark, and a self-contained demo.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
@@ -190,6 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-accelerate", action="store_true", help="run the reference model")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the inference model (ONNX or torch.export)",
+                       description="Exports images [B, M, 3, S, S] -> (anomaly_map [B, S, S], "
+                       "pred_score [B]) for a fixed number M of modalities per sample (the "
+                       "reference PyTorch path; no training, no mixed modality counts). ONNX "
+                       "models have a fixed batch size, torch.export programs (.pt2) take any. "
+                       "The model comes from --checkpoint, or is built fresh from "
+                       "--config/--set (e.g. --set preset=tiny) for testing. Afterwards the "
+                       "exported model is run once against the PyTorch model (onnxruntime "
+                       "for ONNX) and the errors are printed. ONNX needs pip install -e "
+                       "\".[onnx]\".")
+    p.add_argument("--format", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (.onnx file, the default) or torch (torch.export program, .pt2)")
+    p.add_argument("--checkpoint", help="a checkpoint written by unimmad train")
+    p.add_argument("--config", help="run config file (YAML or JSON) of a fresh model "
+                   "(see unimmad train --help)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides of that config, e.g. preset=tiny model.top_k=1")
+    p.add_argument("--modalities", type=int, required=True, metavar="M",
+                   help="modalities per sample the exported model takes (1..max_modalities)")
+    p.add_argument("--out", help="output file (default: model.onnx / model.pt2)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch size of an ONNX model (default: 1; torch programs take any)")
+    p.add_argument("--routing", action="store_true",
+                   help="also output each C-MoE level and branch's chosen leaders (debug)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="weight seed of a fresh model (default: 0)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the exported model against the PyTorch model")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark inference on generated inputs",
                        description=bench.DESCRIPTION,
