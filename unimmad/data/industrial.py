@@ -8,7 +8,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import AnomalyDataset, Record
-from .io import (DataLayoutError, DataReadError, MissingPathError, list_images, natural_key,
+from .io import (DataLayoutError, DataReadError, MissingPathError, contained_path,
+                 list_images, natural_key,
                  read_gray_raw, read_image, read_mask, read_mesh_vertices, read_yaml,
                  require_dir, require_file)
 from .preprocess import ModalityImage
@@ -65,14 +66,17 @@ class VisA(AnomalyDataset):
     Paths in the CSV are relative to ``root``; ``label`` is ``normal``/``anomaly``; masks hold
     small integer ids (any non-zero value is a defect).  Splits ``"train"`` and ``"test"``.
     ``split_file`` selects another CSV of the same format (e.g. ``split_csv/2cls_fewshot.csv``).
+    Image and mask paths of the CSV must resolve inside ``root`` (symlinks followed) unless
+    ``allow_outside_root=True``.
     """
 
     dataset_name = "visa"
     SPLITS = ("train", "test")
 
     def __init__(self, root, split: str = "train", *, split_file: str = "split_csv/1cls.csv",
-                 **kwargs):
+                 allow_outside_root: bool = False, **kwargs):
         self.split_file = split_file
+        self.allow_outside_root = bool(allow_outside_root)
         super().__init__(root, split, **kwargs)
 
     def _index(self, classes):
@@ -100,7 +104,12 @@ class VisA(AnomalyDataset):
             if label not in ("normal", "anomaly"):
                 self._problem(DataLayoutError(csv_path, f"line {i}: unknown label {r['label']!r}"))
                 continue
-            img = self.root / r["image"]
+            try:
+                img = contained_path(self.root, r["image"], index=csv_path, where=f"line {i}",
+                                     what="image", allow_outside_root=self.allow_outside_root)
+            except DataLayoutError as e:
+                self._problem(e)
+                continue
             if not img.is_file():
                 self._problem(MissingPathError(img, f"image listed in {csv_path} (line {i}) not found"))
                 continue
@@ -109,7 +118,12 @@ class VisA(AnomalyDataset):
                 if not r["mask"]:
                     self._problem(DataLayoutError(csv_path, f"line {i}: anomaly without a mask"))
                     continue
-                mask = self.root / r["mask"]
+                try:
+                    mask = contained_path(self.root, r["mask"], index=csv_path, where=f"line {i}",
+                                          what="mask", allow_outside_root=self.allow_outside_root)
+                except DataLayoutError as e:
+                    self._problem(e)
+                    continue
                 if not mask.is_file():
                     self._problem(MissingPathError(mask, f"mask of {img} not found"))
                     continue
