@@ -11,7 +11,7 @@ import torch
 from helpers import assert_rel
 from unimmad import UniMMAD, UniMMADConfig, accelerate
 from unimmad.cli import main
-from unimmad.engine.checkpoint import atomic_save
+from unimmad.engine.checkpoint import save_weights
 from unimmad.export import ExportableUniMMAD, export_program, save_torch
 
 # ONNX export needs the [onnx] extra (in the [test] extra and requirements-test.txt).
@@ -139,8 +139,8 @@ def onnx_export(tmp_path_factory):
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 1.5)
-    ckpt = str(tmp / "last.pt")
-    atomic_save({"model": model.state_dict(), "model_config": model.config.to_dict()}, ckpt)
+    ckpt = str(tmp / "weights")
+    save_weights(model, ckpt)
     out = str(tmp / "model.onnx")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -171,7 +171,7 @@ def test_onnx_matches_pytorch_with_onnxruntime(onnx_export):
 
 def test_cli_onnx_export_reports_its_check(onnx_export):
     _, path, err = onnx_export
-    assert "last.pt -> " in err and "[2, 2, 3, 64, 64] float32" in err and "routing_*" in err
+    assert "weights -> " in err and "[2, 2, 3, 64, 64] float32" in err and "routing_*" in err
     check = err.split("check against the PyTorch model (batch 2): ")[1]
     assert check.startswith("map rel. err ") and "routing identical" in check
     assert float(check.split()[3].rstrip(",")) <= 1e-4

@@ -49,20 +49,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(checkpoint: str, device: str, accelerate: bool):
-    import torch
-    from .config import UniMMADConfig
-    from .engine.checkpoint import load_checkpoint
+    """The model of a checkpoint (folder or its config.json; old .pt read weights-only),
+    verified and shape-checked by the one checkpoint reader."""
+    from .engine.checkpoint import load_weights
     from .engine.trainer import resolve_device
-    from .models.model import UniMMAD
-    ckpt = load_checkpoint(checkpoint)
-    cfg = UniMMADConfig.from_dict(ckpt["model_config"]).replace(backbone_weights=None,
-                                                                encoder_from_pretrained=False)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # weights come from the checkpoint
-        model = UniMMAD(cfg)
-    model.load_state_dict(ckpt["model"])
-    model.to(resolve_device(device)).eval()
+    model = load_weights(checkpoint, device=resolve_device(device))
     if accelerate:
         from . import accelerate as _accelerate
         _accelerate(model)
@@ -89,8 +80,9 @@ def cmd_train(args) -> int:
     torch.manual_seed(tcfg.seed)
     model = UniMMAD(mcfg)
     if args.init:
-        from .engine.checkpoint import load_checkpoint
-        model.load_state_dict(load_checkpoint(args.init)["model"])
+        from .engine.checkpoint import apply_model_state, load_checkpoint
+        ckpt = load_checkpoint(args.init)
+        apply_model_state(model, ckpt["model"], ckpt["source"])
     trainer = Trainer(model, train_set, tcfg, info)
     if args.resume:
         trainer.resume(args.resume)
@@ -103,7 +95,8 @@ def cmd_train(args) -> int:
               f"process(es), epochs {trainer.epoch}->{tcfg.epochs}", file=sys.stderr)
     trainer.fit()
     if info.is_main:
-        print(f"[unimmad train] checkpoint: {os.path.join(tcfg.out_dir, 'last.pt')}")
+        print(f"[unimmad train] training state (--resume): {trainer.checkpoint_path}\n"
+              f"[unimmad train] weights (eval, predict, sharing): {trainer.weights_path}")
     return 0
 
 
@@ -119,7 +112,9 @@ def cmd_eval(args) -> int:
     model = _load_model(args.checkpoint, args.device, ev["accelerate"])
     data = run.get("data") or {}
     test = build_datasets(data.get("test"), "test", model.config)
-    out_dir = ev["out_dir"] or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    folder = args.checkpoint if os.path.isdir(args.checkpoint) or args.checkpoint.endswith(
+        (".pt", ".pth")) else os.path.dirname(os.path.abspath(args.checkpoint))
+    out_dir = ev["out_dir"] or os.path.join(os.path.dirname(os.path.abspath(folder)), "eval")
     report = evaluate(model, test, out_dir, ev["batch_size"], ev["aupro"], ev["pixel_bins"],
                       ev["overlays"], ev["num_workers"])
     print(report.to_markdown())
@@ -214,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "DistributedDataParallel (same result as one process with the same "
                        "global batch).")
     _add_run_args(p)
-    p.add_argument("--resume", help="checkpoint to continue exactly (optimizer, schedule, RNG)")
+    p.add_argument("--resume", help="training-state folder to continue exactly (model, "
+                   "optimizer, schedule, RNG), e.g. runs/unimmad/last")
     p.add_argument("--init", help="checkpoint whose weights initialise the model (e.g. before "
-                   "continual learning with train.continual=true)")
+                   "continual learning with train.continual=true), e.g. runs/old/weights")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the configured test data",
@@ -224,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per-class image and pixel metrics, means per dataset and "
                        "overall (CSV/JSON/Markdown), and PNG overlays of each class's highest- "
                        "and lowest-scored items.")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by unimmad train")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
+                   "train (runs/x/weights or runs/x/last) or its config.json")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_run_args(p)
     p.set_defaults(func=cmd_eval)
@@ -233,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Each ITEM is 1-4 comma-separated files, one per modality "
                        "(e.g. rgb.png,xyz.tiff). Writes maps (PNG and .npy) and scores.csv.")
     p.add_argument("items", nargs="+", metavar="ITEM", help="file[,file...] of one item")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by unimmad train")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
+                   "train (runs/x/weights or runs/x/last) or its config.json")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--modalities", help="comma list naming each file's modality (rgb, depth, "
                    "infrared, ct, oct, endoscopy, flair, t1, t1ce, t2; default: depth for "

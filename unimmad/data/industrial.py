@@ -13,9 +13,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import AnomalyDataset, Record
-from .io import (DataLayoutError, DataReadError, MissingPathError, list_entries, list_images,
-                 missing_path_error, natural_key, read_gray_raw, read_image, read_mask,
-                 read_mesh_vertices, read_yaml, require_dir, require_file)
+from .io import (DataLayoutError, DataReadError, MissingPathError, contained_path,
+                 list_entries, list_images, missing_path_error, natural_key, read_gray_raw,
+                 read_image, read_mask, read_mesh_vertices, read_yaml, require_dir,
+                 require_file)
 from .preprocess import INVALID_POINT_RULES, ModalityImage
 
 __all__ = ["MVTecAD", "VisA", "MVTec3DAD", "Eyecandies", "MulSenAD", "render_depth"]
@@ -103,6 +104,8 @@ class VisA(AnomalyDataset):
     reorganised form.  Splits ``"train"`` and ``"test"``.  A row of the split file with a
     wrong field count, an unknown split or label, or an anomaly without a mask raises an
     error naming the file and line (``skip_broken=True``: listed in ``skipped``).
+    Image and mask paths of the CSV must resolve inside ``root`` (symlinks followed) unless
+    ``allow_outside_root=True``.
     """
 
     dataset_name = "visa"
@@ -111,13 +114,14 @@ class VisA(AnomalyDataset):
     CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 
     def __init__(self, root, split: str = "train", *, split_file: str = "split_csv/1cls.csv",
-                 layout: str = "auto", **kwargs):
+                 layout: str = "auto", allow_outside_root: bool = False, **kwargs):
         if not isinstance(split_file, (str, Path)):
             raise TypeError(f"VisA split_file must be a path, got {split_file!r}")
         if layout not in self.LAYOUTS:
             raise ValueError(f"VisA layout must be one of {self.LAYOUTS}, got {layout!r}")
         self.split_file = split_file
         self.layout = layout
+        self.allow_outside_root = bool(allow_outside_root)
         super().__init__(root, split, **kwargs)
 
     def _split_path(self) -> Path:
@@ -208,15 +212,28 @@ class VisA(AnomalyDataset):
             if r["split"] != self.split or c not in wanted:
                 continue
             label = int(r["label"].lower() == "anomaly")
-            img = self.root / r["image"]
-            if not img.is_file():
-                self._problem(missing_path_error(img, f"image listed in {csv_path} (line {line})"))
+            try:
+                img = contained_path(self.root, r["image"], index=csv_path, where=f"line {line}",
+                                     what="image", allow_outside_root=self.allow_outside_root)
+            except DataLayoutError as e:
+                self._problem(e)
+                continue
+            if not img.is_file():   # reported at the listed path: a broken link says so
+                self._problem(missing_path_error(self.root / r["image"],
+                                                 f"image listed in {csv_path} (line {line})"))
                 continue
             mask = None
             if label:
-                mask = self.root / r["mask"]
+                try:
+                    mask = contained_path(self.root, r["mask"], index=csv_path,
+                                          where=f"line {line}", what="mask",
+                                          allow_outside_root=self.allow_outside_root)
+                except DataLayoutError as e:
+                    self._problem(e)
+                    continue
                 if not mask.is_file():
-                    self._problem(missing_path_error(mask, f"mask listed in {csv_path} (line {line})"))
+                    self._problem(missing_path_error(self.root / r["mask"],
+                                                     f"mask listed in {csv_path} (line {line})"))
                     continue
             out.append(Record((("rgb", str(img)),), label, c, None if mask is None else str(mask),
                               defect="anomaly" if label else "good"))

@@ -10,6 +10,7 @@ are not regular files) instead of dropping it (:func:`list_images`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -23,7 +24,7 @@ __all__ = [
     "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_VOXELS", "read_image", "read_mask", "read_tiff",
     "read_npy", "read_yaml", "read_nifti_slice", "read_nifti_shape", "read_nifti",
     "read_mesh_vertices", "require_dir", "require_file", "list_images", "list_entries",
-    "missing_path_error",
+    "missing_path_error", "contained_path", "safe_component",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -87,6 +88,58 @@ def require_file(path: PathLike, what: str = "file") -> Path:
     if not p.is_file():
         raise missing_path_error(p, what)
     return p
+
+
+def contained_path(root: PathLike, entry: Any, *, index: PathLike, where: str,
+                   what: str = "path", allow_outside_root: bool = False) -> Path:
+    """The file an index entry names, resolved (``..`` and every symlink followed).
+
+    ``entry`` (relative to ``root``, or absolute) comes from an index or split file
+    (``index``; ``where`` locates the entry in it, e.g. ``"train/bottle_mvtec[3]"`` or
+    ``"line 12"``).  It must be a non-empty string and, unless ``allow_outside_root``, lie
+    inside ``root`` once resolved — otherwise :class:`DataLayoutError` names the index, the
+    entry and the root.  Returns the resolved path."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise DataLayoutError(index, f"{where}: {what} must be a non-empty string, got "
+                                     f"{type(entry).__name__} {entry!r}")
+    if "\0" in entry:
+        raise DataLayoutError(index, f"{where}: {what} {entry!r} contains a NUL byte")
+    base = Path(root).resolve()
+    full = (base / entry).resolve()
+    if not allow_outside_root and full != base and base not in full.parents:
+        raise DataLayoutError(
+            index, f"{where}: {what} {entry!r} resolves to {full}, outside the dataset root "
+                   f"{base} (pass allow_outside_root=True to read files outside the root)")
+    return full
+
+
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+             *(f"LPT{i}" for i in range(1, 10))}
+
+
+def safe_component(name: Any, max_length: int = 96) -> str:
+    """``name`` as one safe file or folder name (for class, dataset and item names that
+    become part of an output path).
+
+    Letters, digits and ``. _ + -`` are kept; every other character (``/``, ``\\``, spaces,
+    control characters, non-ASCII) becomes ``_``; a leading ``.`` becomes ``_`` (no ``.``,
+    ``..`` or hidden names); Windows device names and over-long names are changed too.
+    When anything changed, a short hash of the original is appended, so two different
+    names never share a folder.  Unchanged names (``bottle_mvtec``) stay as they are."""
+    text = str(name)
+    safe = _SAFE_CHARS.sub("_", text)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if not safe or safe.split(".")[0].upper() in _RESERVED or len(safe) > max_length:
+        safe = (safe or "_")[:max_length]
+        changed = True
+    else:
+        changed = safe != text
+    if changed:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = f"{safe}-{digest}"
+    return safe
 
 
 def natural_key(p: PathLike):
