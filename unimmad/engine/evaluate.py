@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..data.io import safe_component
 from ..data.multi import collate
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from ..metrics import Evaluator, MetricsReport
+from ..metrics import DEFAULT_PIXEL_BINS, Evaluator, MetricsReport
 
 __all__ = ["evaluate", "save_overlay", "predict_batches"]
 
@@ -77,7 +77,7 @@ def save_overlay(path: str, image: np.ndarray, anomaly_map: np.ndarray,
 
 
 def evaluate(model, dataset, out_dir: Optional[str] = None, batch_size: int = 16,
-             aupro: str = "mvtec3d", pixel_bins: Optional[int] = 1000, overlays: int = 2,
+             aupro: str = "mvtec3d", pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS, overlays: int = 2,
              num_workers: int = 0, progress: bool = True) -> MetricsReport:
     """Evaluate ``model`` on ``dataset`` (unified samples, e.g. a reader's test split).
 

@@ -10,7 +10,7 @@ A run file has these sections (all optional)::
       test:  [{name: mvtec3d, root: /data/mvtec_3d_anomaly_detection}]
       loss_weights: {eyecandies: 0.5, brats: 10}
       replay: {earlier: [{name: mvtec, root: /data/mvtec}], fraction: 0.01}
-    eval: {batch_size: 16, aupro: mvtec3d, pixel_bins: 1000, overlays: 2, out_dir: runs/x/eval}
+    eval: {batch_size: 16, aupro: mvtec3d, pixel_bins: 16384, overlays: 2, out_dir: runs/x/eval}
 
 Overrides: ``--set train.epochs=5 model.top_k=1 data.train.0.root=/x`` (values parsed as
 YAML: numbers, booleans, lists, null).
@@ -22,10 +22,12 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
+from ..metrics import DEFAULT_PIXEL_BINS
+
 __all__ = ["load_run_config", "apply_overrides", "DEFAULT_EVAL", "SECTIONS"]
 
 SECTIONS = ("preset", "model", "train", "data", "eval")
-DEFAULT_EVAL = {"batch_size": 16, "aupro": "mvtec3d", "pixel_bins": 1000, "overlays": 2,
+DEFAULT_EVAL = {"batch_size": 16, "aupro": "mvtec3d", "pixel_bins": DEFAULT_PIXEL_BINS, "overlays": 2,
                 "out_dir": None, "accelerate": True, "num_workers": 0}
 
 
