@@ -6,6 +6,7 @@ import os
 import pickle
 
 import pytest
+import torch.nn.functional as F
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -370,3 +371,41 @@ def test_convert_release_reports_bad_folder(tmp_path, capsys):
                  str(tmp_path / "wrn.safetensors"), "--out", str(other)]) == 2
     assert "not a unimmad weights file" in capsys.readouterr().err
     assert (tmp_path / "ck" / "model.safetensors").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- structure
+def _bn(x, bn):
+    return F.batch_norm(x, bn.running_mean.double(), bn.running_var.double(),
+                        bn.weight.detach().double(), bn.bias.detach().double(), False, 0.0, bn.eps)
+
+
+@pytest.mark.parametrize("mode", ["down", "same", "up"])
+def test_alignment_blocks_follow_spec(mode):
+    """SPEC §1 step 1 written with functional ops in float64: strides, paddings, biases and
+    shortcuts of the three level-alignment blocks (eval-mode BatchNorm, random statistics)."""
+    from unimmad.models.encoder import BasicBlock
+    # "same" with cin == cout, as level 2 (512 → 512): still a 1×1 conv shortcut, not identity
+    cin, cout, size = {"down": (8, 12, 16), "same": (12, 12, 16), "up": (16, 12, 8)}[mode]
+    blk = BasicBlock(cin, cout, mode).eval()
+    for bn in (blk.bn1, blk.bn2):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_()
+    x = torch.randn(2, cin, size, size, dtype=torch.float64)
+    w = {k: v.detach().double() for k, v in blk.state_dict().items()}
+    if mode == "up":
+        y = F.conv_transpose2d(x, w["conv1.weight"], stride=2)
+        short = F.conv_transpose2d(x, w["shortcut.weight"], w["shortcut.bias"], stride=2, padding=1)
+    else:
+        s = 2 if mode == "down" else 1
+        y = F.conv2d(x, w["conv1.weight"], stride=s, padding=1)
+        short = F.conv2d(x, w["shortcut.weight"], stride=s)
+        assert blk.shortcut.bias is None
+    y = F.conv2d(torch.relu(_bn(y, blk.bn1)), w["conv2.weight"], padding=1)
+    ref = torch.relu(_bn(y, blk.bn2) + short)
+    with torch.no_grad():
+        out = blk.double()(x)
+    assert out.shape == ref.shape == (2, cout) + ((size * 2,) * 2 if mode == "up" else
+                                                  (size // 2,) * 2 if mode == "down" else (size,) * 2)
+    assert float((out - ref).norm() / ref.norm()) < 1e-12
