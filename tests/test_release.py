@@ -325,6 +325,8 @@ def test_convert_release_then_eval_and_predict(tmp_path, capsys):
     assert meta["format"] == "unimmad-weights" and meta["format_version"] == 1
     assert meta["files"]["model.safetensors"]["bytes"] == os.path.getsize(out / "model.safetensors")
     assert meta["model_config"]["map_mode"] == "joint"
+    assert meta["model_config"]["backbone_weights"] is None  # its weights are in the file
+    assert meta["source"]["backbone_weights"] == str(tmp_path / "wrn.safetensors")
     direct = load_release_checkpoint(tmp_path / "epoch_199", tmp_path / "wrn.safetensors")
     saved = load_file(str(out / "model.safetensors"))
     assert saved.keys() == direct.state_dict().keys()

@@ -756,5 +756,7 @@ def convert_release(checkpoint_dir: str | os.PathLike, backbone_weights: str | o
               "files": {p: os.path.basename(f) for p, f in report.files.items()},
               "backbone_weights": os.path.abspath(report.backbone_weights),
               "skipped_unused": len(report.skipped)}
+    # the prior generator's weights are in the file: the config names no path to read
+    model.config = model.config.replace(backbone_weights=None)
     _write_weights(model, out, {"source": source})
     return report
