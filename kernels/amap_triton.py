@@ -32,8 +32,9 @@ array             shape / dtype           meaning
 
 Kernels:
 
-* ``_cos_kernel`` — kernel 1: streams u and p once, channel block by channel block, and
-  reduces ``u·p``, ``‖u‖²``, ``‖p‖²`` in fp32; writes ``A = 1 − cos`` (map) or the loss
+* ``_cos_kernel`` — kernel 1: streams u and p once, channel block by channel block (a
+  software-pipelined loop: asynchronous copies ``PIPE − 1`` blocks ahead), and reduces
+  ``u·p``, ``‖u‖²``, ``‖p‖²`` in fp32; writes ``A = 1 − cos`` (map) or the loss
   terms ``sg(A)^γ·A`` and the backward coefficients (``LOSS``), all low-resolution.  Grid ``(pixel tiles, U)``.
 * ``_map_tile_kernel`` — kernel 2: one ``T × T`` output tile of one sample per program.
   Bilinear upsampling (align_corners=True) and the zero-padded Gaussian blur are linear
@@ -63,7 +64,8 @@ from unimmad.scoring import COS_EPS, gaussian_kernel1d
 from . import amap_torch
 from .backend import HAVE_TRITON, all_configs, configs, interpreted, output, resolve, tl, triton
 
-__all__ = ["TUNED", "COS_TUNED", "STREAM_TUNED", "cosine_maps", "combine_maps", "anomaly_map", "image_score",
+__all__ = ["TUNED", "COS_TUNED", "STREAM_TUNED", "cosine_maps", "combine_maps", "anomaly_map",
+           "image_score",
            "focal_cosine_forward", "focal_cosine_grad", "TILE", "MAX_TOPK"]
 
 TILE = 32            # output tile of the map kernel (T)

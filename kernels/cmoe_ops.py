@@ -45,7 +45,8 @@ def _grad_format(x: Tensor) -> torch.memory_format:
     """The memory format of ``dx`` for an input ``x``: channels-last when x is channels-last
     (and not also NCHW-contiguous), else NCHW.  Real and fake implementations use it, so
     compiled graphs see the strides the op returns."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -8,8 +8,9 @@ Index contract
 =================  ===================  ===================================================
 array              shape / dtype        meaning
 =================  ===================  ===================================================
-``x``              [B, Ci, H, W] any    per-*sample* input (the branch values); any strides,
-                   float, any strides   channels-last (NHWC memory) is the fast layout
+``x``              [B, Ci, H, W] any    per-*sample* input (the branch values), read
+                   float                channels-last (NHWC memory; other strides are
+                                        converted first: :func:`to_input_format`)
 ``weight``         [NW, Co, R] float    kernel bank, ``R = k·k·Ci`` ordered (kh, kw, ci):
                                         an OIHW kernel stored OHWI
 ``job_sample``     [J] int              input sample of job ``j`` (jobs of one sample are

@@ -82,7 +82,8 @@ def test_every_kernel_compiles_for_sm90_without_spills(specs, tmp_path):
         tuned = cmoe_triton.TUNED["_dyn_conv_kernel"][prec]
         assert len(by_case[("_dyn_conv_kernel", case)]) == len(tuned), table
         assert len(by_case[("_wgrad_kernel", case)]) == len(cmoe_triton.TUNED["_wgrad_kernel"])
-    maps = [r for r in by_case[("_cos_kernel", "paper float32 NCHW")] if not r["constexprs"]["LOSS"]]
+    maps = [r for r in by_case[("_cos_kernel", "paper float32 NCHW")]
+            if not r["constexprs"]["LOSS"]]
     assert len(maps) == len(amap_triton.TUNED["_cos_kernel"])
     # the specialisations of real channels-last / NCHW tensors: unit channel stride and
     # sizes divisible by 16 at paper dimensions; none of it at odd sizes
