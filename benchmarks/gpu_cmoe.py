@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import torch
 
-from unimmad.bench.cases import PAPER_LEVELS, cmoe_module, level_case
+from unimmad.bench.cases import cmoe_case, cmoe_module
 from unimmad.bench.parity import rel_err
 from unimmad.bench.record import ms_fields, open_record, run_script, script_parser
 from unimmad.bench.timing import do_bench_ms
+from unimmad.config import UniMMADConfig
 from unimmad.flops import cmoe_gflop
+
+#: Where and at which dimensions it runs (the CPU smoke test shrinks them).
+DEVICE = "cuda"
+CFG = UniMMADConfig()
+LEVELS = (1, 2, 3)
 
 PROVIDERS = [("reference", torch.float32), ("torch", torch.bfloat16),
              ("triton", torch.bfloat16)]
+TRAIN_PROVIDERS = ("reference", "torch", "triton")
 TARGETS = {"vs_reference_fp32": 4.0, "vs_torch": 1.2}
 
 
@@ -40,12 +47,12 @@ def _inputs(provider, dtype, general, prior):
 
 
 def inference_rows(rec, units: int) -> None:
-    for level in PAPER_LEVELS:
+    for level in LEVELS:
         what = {"kind": "cmoe_inference", "level": level, "units": units}
         if rec.over_budget():
             rec.skip(what)
             continue
-        ref_module, general, prior, uts = level_case(level, units, device="cuda")
+        ref_module, general, prior, uts = cmoe_case(CFG, level, units, device=DEVICE)
         ref_module.eval()
         ref_out = {}
         for provider, dtype in PROVIDERS:
@@ -59,7 +66,9 @@ def inference_rows(rec, units: int) -> None:
                 out = run().float()
                 if provider == "reference":
                     ref_out["p"] = out
-                gf = cmoe_gflop(*PAPER_LEVELS[level], units=units,
+                gf = cmoe_gflop(CFG.level_channels[level - 1], CFG.level_sizes[level - 1],
+                                units=units, embed_dim=CFG.embed_dim,
+                                kernel_sizes=CFG.cmoe_kernel_sizes, top_k=CFG.top_k,
                                 form="reference" if provider == "reference" else "folded")
                 ms = do_bench_ms(run)
                 row = {**ms_fields(ms, flop=gf * 1e9), "gflop": gf,
@@ -75,13 +84,13 @@ def inference_rows(rec, units: int) -> None:
 
 
 def train_rows(rec, units: int = 8) -> None:
-    for level in PAPER_LEVELS:
+    for level in LEVELS:
         what = {"kind": "cmoe_train", "level": level, "units": units, "dtype": "float32"}
         if rec.over_budget():
             rec.skip(what)
             continue
-        ref_module, general, prior, uts = level_case(level, units, device="cuda")
-        for provider, _ in PROVIDERS:
+        ref_module, general, prior, uts = cmoe_case(CFG, level, units, device=DEVICE)
+        for provider in TRAIN_PROVIDERS:
             def measure(provider=provider):
                 module = cmoe_module(ref_module, provider).train()
                 g = general.clone().requires_grad_(True)
@@ -99,7 +108,7 @@ def train_rows(rec, units: int = 8) -> None:
 def summary(rows, units: int = 32):
     """Speedups of the Triton layer at ``units`` per level, with the targets."""
     out = {}
-    for level in PAPER_LEVELS:
+    for level in LEVELS:
         ms = {r["provider"]: r.get("ms") for r in rows if r["kind"] == "cmoe_inference"
               and r["level"] == level and r["units"] == units}
         if ms.get("triton"):
@@ -113,10 +122,11 @@ def main(argv=None):
     ap = script_parser(__doc__)
     ap.add_argument("--units", default="32,1", help="units per inference row set (32,1)")
     args = ap.parse_args(argv)
-    with open_record(args, "cmoe.json") as rec:
-        for units in (int(u) for u in args.units.split(",")):
+    with open_record(args, "cmoe.json", DEVICE) as rec:
+        units_list = [int(u) for u in args.units.split(",")]
+        for units in units_list:
             inference_rows(rec, units)
-            rec.set("summary", summary(rec.data["rows"]))
+            rec.set("summary", summary(rec.data["rows"], max(units_list)))
         train_rows(rec)
 
 

@@ -26,26 +26,31 @@ from __future__ import annotations
 import torch
 
 from kernels import amap_triton, cmoe_ops, cmoe_torch, cmoe_triton
-from unimmad.bench.cases import PAPER_LEVELS, amap_case, feature_bytes
+from unimmad.bench.cases import amap_case, feature_bytes
 from unimmad.bench.parity import rel_err
 from unimmad.bench.record import ms_fields, open_record, run_script, script_parser
 from unimmad.bench.timing import copy_ceiling, do_bench_ms, matmul_ceiling
 from unimmad.config import UniMMADConfig
 from unimmad.scoring import cosine_anomaly
 
+#: Where and at which dimensions it runs (the CPU smoke test shrinks them).
+DEVICE = "cuda"
+CFG = UniMMADConfig()
 UNITS = 32
+AMAP_BATCH, AMAP_MODALITIES = 32, 2
 CONV_TARGET = 0.6      # level-1 k = 5 conv: fraction of the bf16 matmul
 COSINE_TARGET = 0.8    # cosine stage: fraction of the copy bandwidth
+CEILINGS = {"copy": copy_ceiling, "matmul": matmul_ceiling}
 
 
 def _conv_case(side: int, k: int, E: int, gen: torch.Generator):
     """bf16 values ``[U, E, side, side]`` (channels-last and NCHW), kernels ``[U, E, E, k,
     k]`` in both banks' layouts, and the fp32 TF32-off reference output."""
-    x = torch.randn(UNITS, E, side, side, generator=gen).to("cuda", torch.bfloat16)
-    w = (torch.randn(UNITS, E, E, k, k, generator=gen) / (k * E ** 0.5)).to("cuda",
-                                                                            torch.bfloat16)
+    x = torch.randn(UNITS, E, side, side, generator=gen).to(DEVICE, torch.bfloat16)
+    w = torch.randn(UNITS, E, E, k, k, generator=gen) / (k * E ** 0.5)
+    w = w.to(DEVICE, torch.bfloat16)
     banks = {"triton": cmoe_triton.to_bank(w).contiguous(), "torch": cmoe_torch.to_bank(w)}
-    jobs = torch.arange(UNITS, device="cuda")
+    jobs = torch.arange(UNITS, device=DEVICE)
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -59,10 +64,10 @@ def _conv_case(side: int, k: int, E: int, gen: torch.Generator):
 
 
 def conv_rows(rec, matmul_tflops: float) -> None:
-    E = UniMMADConfig().embed_dim
+    E = CFG.embed_dim
     gen = torch.Generator().manual_seed(0)
-    for level, (_, side) in PAPER_LEVELS.items():
-        for k in UniMMADConfig().cmoe_kernel_sizes:
+    for level, side in enumerate(CFG.level_sizes, start=1):
+        for k in CFG.cmoe_kernel_sizes:
             what = {"kind": "dyn_conv", "level": level, "side": side, "k": k, "units": UNITS,
                     "channels": E, "dtype": "bfloat16"}
             if rec.over_budget():
@@ -92,24 +97,32 @@ def conv_rows(rec, matmul_tflops: float) -> None:
             torch.cuda.empty_cache()
 
 
+def _chosen(autotuner) -> dict:
+    """The configuration the autotuner chose per tuning key so far (its one configuration
+    when tuning is off)."""
+    if autotuner.cache:
+        return {str(key): str(cfg) for key, cfg in autotuner.cache.items()}
+    return {"untuned": str(autotuner.configs[0])}
+
+
 def cosine_rows(rec, copy_gbps: float) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         for channels_last in (False, True):
-            what = {"kind": "cosine", "batch": 32, "modalities": 2,
+            what = {"kind": "cosine", "batch": AMAP_BATCH, "modalities": AMAP_MODALITIES,
                     "dtype": str(dtype).replace("torch.", ""),
                     "layout": "channels_last" if channels_last else "nchw"}
 
             def measure(dtype=dtype, channels_last=channels_last):
-                pri, pre, _ = amap_case(32, 2, dtype=dtype, device="cuda",
-                                        channels_last=channels_last)
+                pri, pre, _ = amap_case(AMAP_BATCH, AMAP_MODALITIES,
+                                        zip(CFG.level_channels, CFG.level_sizes), dtype=dtype,
+                                        device=DEVICE, channels_last=channels_last)
                 a, _ = amap_triton.cosine_maps(pri, pre)                # compile + tune
                 ref = torch.cat([cosine_anomaly(u.double(), p.double()).reshape(-1)
                                  for u, p in zip(pri, pre)])
                 ms = do_bench_ms(lambda: amap_triton.cosine_maps(pri, pre))
                 return {**ms_fields(ms, nbytes=feature_bytes(pri, pre), ceiling_gbps=copy_gbps),
                         "rel_err_vs_float64": rel_err(a, ref),
-                        "configs": {str(key): str(cfg) for key, cfg in
-                                    amap_triton._cos_kernel.cache.items()},
+                        "configs": _chosen(amap_triton._cos_kernel),
                         "target_fraction_of_copy": COSINE_TARGET}
             rec.row(what, measure)
             torch.cuda.empty_cache()
@@ -117,9 +130,8 @@ def cosine_rows(rec, copy_gbps: float) -> None:
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    with open_record(args, "kernels.json") as rec:
-        copy = copy_ceiling()
-        matmul = matmul_ceiling()
+    with open_record(args, "kernels.json", DEVICE) as rec:
+        copy, matmul = CEILINGS["copy"](), CEILINGS["matmul"]()
         rec.set("ceilings", {"copy": copy, "matmul_bf16": matmul})
         print(f"copy {copy['gbps']:.0f} GB/s, bf16 matmul {matmul['tflops']:.0f} TFLOP/s",
               flush=True)

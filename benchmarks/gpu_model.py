@@ -19,6 +19,12 @@ from unimmad.bench.record import open_record, run_script, script_parser
 from unimmad.bench.timing import do_bench_ms
 from unimmad.models.model import pack_units
 
+#: Where and at which preset it runs (the CPU smoke test uses "cpu" and "tiny").
+DEVICE = "cuda"
+PRESET = "paper"
+FAST = "triton"        # the accelerated provider (the CPU smoke test uses "torch")
+DTYPES = (torch.float32, torch.bfloat16)
+
 
 def graph_of(model, images, nm):
     """Capture one accelerated forward as a CUDA graph; returns (replay, static output)."""
@@ -46,10 +52,10 @@ def main(argv=None):
     ap = script_parser(__doc__)
     ap.add_argument("--batches", default="32,1")
     args = ap.parse_args(argv)
-    cfg = preset_config("paper")
-    device = torch.device("cuda")
-    with open_record(args, "model.json") as rec:
-        for dtype in (torch.float32, torch.bfloat16):
+    cfg = preset_config(PRESET)
+    device = torch.device(DEVICE)
+    with open_record(args, "model.json", DEVICE) as rec:
+        for dtype in DTYPES:
             tol = tolerance(dtype, device)
             models = {}
             for batch in (int(b) for b in args.batches.split(",")):
@@ -59,7 +65,7 @@ def main(argv=None):
                     if rec.over_budget():
                         rec.skip(what)
                         continue
-                    for p in ("reference", "triton"):
+                    for p in ("reference", FAST):
                         if p not in models:
                             models[p] = build_model(cfg, 0, dtype, device, p)
                     images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
@@ -71,10 +77,12 @@ def main(argv=None):
                             def call():
                                 with torch.inference_mode():
                                     return model(images, nm)
-                            torch.cuda.reset_peak_memory_stats()
+                            on_gpu = device.type == "cuda"
+                            if on_gpu:
+                                torch.cuda.reset_peak_memory_stats()
                             out = call().anomaly_map.float()
-                            row = {"ms": do_bench_ms(call),
-                                   "peak_memory_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+                            row = {"ms": do_bench_ms(call), "peak_memory_mb": (
+                                torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None)}
                             row["samples_per_s"] = batch / (row["ms"] * 1e-3)
                             if provider == "reference":
                                 ref["map"] = out
@@ -85,17 +93,17 @@ def main(argv=None):
 
                     def graph_row():
                         try:
-                            replay, static = graph_of(models["triton"], images, nm)
+                            replay, static = graph_of(models[FAST], images, nm)
                             replay()
                             torch.cuda.synchronize()
                             row = {"ms": do_bench_ms(replay)}
                             if "map" in ref:
                                 _parity(row, static.anomaly_map.float(), ref["map"], tol)
                         finally:
-                            models["triton"].validate_inputs = True
+                            models[FAST].validate_inputs = True
                         row["samples_per_s"] = batch / (row["ms"] * 1e-3)
                         return row
-                    rec.row({**what, "provider": "triton+graph"}, graph_row)
+                    rec.row({**what, "provider": f"{FAST}+graph"}, graph_row)
                     del images, ref
                     torch.cuda.empty_cache()
             del models

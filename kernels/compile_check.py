@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -325,10 +325,10 @@ def _tasks(specs: List[Dict], capability: int, all_configs: bool):
 
 
 def compile_specs(specs: List[Dict], capability: int = 90, all_configs: bool = False,
-                  jobs: int = 1, progress: bool = False) -> List[Dict]:
+                  jobs: int = 1, on_row: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """Compile the recorded launches (see the module docstring for which configurations);
-    one row per distinct compiled variant.  ``jobs > 1`` compiles in that many spawned
-    processes."""
+    one row per distinct compiled variant, each passed to ``on_row`` as soon as it is
+    there.  ``jobs > 1`` compiles in that many spawned processes."""
     from triton.backends.compiler import GPUTarget
     target = GPUTarget("cuda", capability, 32)
     seen, unique = set(), []
@@ -343,22 +343,22 @@ def compile_specs(specs: List[Dict], capability: int = 90, all_configs: bool = F
             seen.add(key)
             unique.append(task)
     rows: List[Dict] = []
+
+    def done(row):
+        row.pop("key", None)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
     if jobs > 1:
         import concurrent.futures
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
             for row in pool.map(_compile_one, unique):
-                rows.append(row)
-                if progress:
-                    print(_line(row), flush=True)
+                done(row)
     else:
         for task in unique:
-            rows.append(_compile_one(task))
-            if progress:
-                print(_line(rows[-1]), flush=True)
-    for row in rows:
-        row.pop("key", None)
+            done(_compile_one(task))
     return rows
 
 
@@ -432,6 +432,9 @@ def main(argv=None) -> int:
     if interpreting:
         raise SystemExit("compiling needs TRITON_INTERPRET unset (run without it: the "
                          "recording step starts its own interpreter process)")
+    import platform
+
+    import triton
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.compile
@@ -442,25 +445,40 @@ def main(argv=None) -> int:
                            env=env, check=True)
         with open(path) as f:
             specs = json.load(f)
-    rows = compile_specs(specs, args.capability, args.all_configs, args.jobs)
-    import triton
-    print(format_table(rows))
-    bad = failures(rows)
-    summary = {"triton": triton.__version__, "capability": args.capability,
-               "variants": len(rows), "launches": len(specs), "seconds": time.time() - start,
-               "failures": bad}
-    if args.json:
-        import platform
-        meta = {"python": platform.python_version(), "torch": torch.__version__,
-                "triton": triton.__version__, "host": platform.node()}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
-    print(f"{len(rows)} variants of {len(specs)} launches compiled for sm_{args.capability} "
-          f"in {summary['seconds']:.0f} s; {len(bad)} failures")
+    record = {"meta": {"python": platform.python_version(), "torch": torch.__version__,
+                       "triton": triton.__version__, "host": platform.node()},
+              "summary": {"capability": args.capability, "launches": len(specs),
+                          "all_configs": args.all_configs, "status": "running"},
+              "rows": []}
+
+    def save(status: str) -> None:     # after every row: a stopped run keeps what it did
+        record["summary"].update(status=status, variants=len(record["rows"]),
+                                 seconds=round(time.time() - start, 1),
+                                 failures=failures(record["rows"]))
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(record, f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+
+    def on_row(row):
+        record["rows"].append(row)
+        print(_line(row), flush=True)
+        save("running")
+
+    print(format_table([]), flush=True)
+    try:
+        compile_specs(specs, args.capability, args.all_configs, args.jobs, on_row)
+    except KeyboardInterrupt:
+        save("interrupted")
+        print("interrupted: the rows compiled so far are written", flush=True)
+        return 130
+    save("complete")
+    bad = record["summary"]["failures"]
+    print(f"{len(record['rows'])} variants of {len(specs)} launches compiled for "
+          f"sm_{args.capability} in {record['summary']['seconds']:.0f} s; {len(bad)} failures")
     for line in bad:
         print("FAIL", line)
     return 1 if bad else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -177,12 +177,13 @@ def test_triton_cmoe_feeds_the_conv_channels_last_and_keeps_gradients_so(monkeyp
 
     monkeypatch.setattr(cmoe_triton, "dyn_conv", spy_fwd)
     monkeypatch.setattr(cmoe_triton, "dyn_conv_backward", spy_bwd)
-    fast = FastCMoE.from_reference(make_cmoe(ks=(3,)), backend="triton").train()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    fast = FastCMoE.from_reference(make_cmoe(ks=(3,)), backend="triton").to(dev).train()
     branch = fast.branches[0]
-    uts = torch.tensor([0, 1, 1])
-    x = torch.randn(2, 24, 5, 6, requires_grad=True)           # an NCHW value
-    idx = torch.tensor([[0, 1], [2, 3], [4, 0]])
-    scores = torch.softmax(torch.randn(3, 2), 1)
+    uts = torch.tensor([0, 1, 1], device=dev)
+    x = torch.randn(2, 24, 5, 6, device=dev, requires_grad=True)   # an NCHW value
+    idx = torch.tensor([[0, 1], [2, 3], [4, 0]], device=dev)
+    scores = torch.softmax(torch.randn(3, 2, device=dev), 1)
     z = fast.branch_filter(branch, x, uts, idx, scores)
     z.square().sum().backward()
     assert ("x", True) in seen and ("x", False) not in seen

@@ -119,17 +119,19 @@ def script_parser(doc: str, default_budget_s: Optional[float] = None) -> argpars
     return ap
 
 
-def open_record(args: argparse.Namespace, filename: str, **head) -> JsonRecord:
-    """The prologue of a GPU script: CUDA present, ``cudnn.benchmark`` on (recorded with the
-    TF32 switches), the output folder made, the record opened with the environment."""
-    if not torch.cuda.is_available():
+def open_record(args: argparse.Namespace, filename: str, device: str = "cuda",
+                **head) -> JsonRecord:
+    """The prologue of a GPU script: CUDA present (``device="cpu"`` only for the scripts'
+    CPU smoke tests), ``cudnn.benchmark`` on (recorded with the TF32 switches), the output
+    folder made, the record opened with the environment."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"{filename}: needs a CUDA device")
     os.makedirs(args.out, exist_ok=True)
     torch.backends.cudnn.benchmark = True
     head.setdefault("settings", {"cudnn_benchmark": True,
                                  "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                                  "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32})
-    return JsonRecord(os.path.join(args.out, filename), environment("cuda"), args.budget_s,
+    return JsonRecord(os.path.join(args.out, filename), environment(device), args.budget_s,
                       **head)
 
 
