@@ -3,9 +3,9 @@
     python -m benchmarks.gpu_model --out DIR [--budget-s S] [--batches 32,1]
 
 The reference model against ``unimmad.accelerate(model, backend="triton")`` at paper
-dimensions, per dtype (fp32, bf16), batch (``--batches``) and 2 then 1 modalities per
-sample; the accelerated model also replayed as a CUDA graph (input validation off, units
-precomputed).  Each accelerated row records its output's relative error against the
+dimensions, per batch (``--batches``, B = 32 first), dtype (fp32, bf16) and 2 then 1
+modalities per sample; the accelerated model also replayed as a CUDA graph (input
+validation off, units precomputed).  Each accelerated row records its output's relative error against the
 reference output of the same inputs, judged with the SPEC §3 tolerance.  Rows go to
 ``DIR/model.json`` as they are measured.
 """
@@ -48,67 +48,69 @@ def _parity(row, out, ref, tol):
     row["parity_ok"] = row["parity_rel_err"] <= tol
 
 
+def case_rows(rec, models, cfg, batch: int, modalities: int, dtype, device) -> None:
+    """Reference, accelerated and CUDA-graph rows of one (batch, modalities, dtype)."""
+    tol = tolerance(dtype, device)
+    images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
+    what = {"batch": batch, "modalities": modalities, "dtype": str(dtype).replace("torch.", "")}
+    on_gpu = device.type == "cuda"
+    ref = {}
+    for provider, model in models.items():
+        def measure(model=model, provider=provider):
+            model.validate_inputs = True
+
+            def call():
+                with torch.inference_mode():
+                    return model(images, nm)
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            out = call().anomaly_map.float()
+            row = {"ms": do_bench_ms(call), "peak_memory_mb": (
+                torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None)}
+            row["samples_per_s"] = batch / (row["ms"] * 1e-3)
+            if provider == "reference":
+                ref["map"] = out
+            elif "map" in ref:
+                _parity(row, out, ref["map"], tol)
+            return row
+        rec.row({**what, "provider": provider}, measure)
+
+    def graph_row():
+        try:
+            replay, static = graph_of(models[FAST], images, nm)
+            replay()
+            torch.cuda.synchronize()
+            row = {"ms": do_bench_ms(replay)}
+            if "map" in ref:
+                _parity(row, static.anomaly_map.float(), ref["map"], tol)
+        finally:
+            models[FAST].validate_inputs = True
+        row["samples_per_s"] = batch / (row["ms"] * 1e-3)
+        return row
+    rec.row({**what, "provider": f"{FAST}+graph"}, graph_row)
+
+
 def main(argv=None):
     ap = script_parser(__doc__)
     ap.add_argument("--batches", default="32,1")
     args = ap.parse_args(argv)
     cfg = preset_config(PRESET)
     device = torch.device(DEVICE)
+    models = {}          # per dtype, built once: the rows run batch by batch, B = 32 first
     with open_record(args, "model.json", DEVICE) as rec:
-        for dtype in DTYPES:
-            tol = tolerance(dtype, device)
-            models = {}
-            for batch in (int(b) for b in args.batches.split(",")):
+        for batch in (int(b) for b in args.batches.split(",")):
+            for dtype in DTYPES:
                 for modalities in (2, 1):
                     what = {"batch": batch, "modalities": modalities,
                             "dtype": str(dtype).replace("torch.", "")}
                     if rec.over_budget():
                         rec.skip(what)
                         continue
-                    for p in ("reference", FAST):
-                        if p not in models:
-                            models[p] = build_model(cfg, 0, dtype, device, p)
-                    images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
-                    ref = {}
-                    for provider, model in models.items():
-                        def measure(model=model, provider=provider):
-                            model.validate_inputs = True
-
-                            def call():
-                                with torch.inference_mode():
-                                    return model(images, nm)
-                            on_gpu = device.type == "cuda"
-                            if on_gpu:
-                                torch.cuda.reset_peak_memory_stats()
-                            out = call().anomaly_map.float()
-                            row = {"ms": do_bench_ms(call), "peak_memory_mb": (
-                                torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None)}
-                            row["samples_per_s"] = batch / (row["ms"] * 1e-3)
-                            if provider == "reference":
-                                ref["map"] = out
-                            elif "map" in ref:
-                                _parity(row, out, ref["map"], tol)
-                            return row
-                        rec.row({**what, "provider": provider}, measure)
-
-                    def graph_row():
-                        try:
-                            replay, static = graph_of(models[FAST], images, nm)
-                            replay()
-                            torch.cuda.synchronize()
-                            row = {"ms": do_bench_ms(replay)}
-                            if "map" in ref:
-                                _parity(row, static.anomaly_map.float(), ref["map"], tol)
-                        finally:
-                            models[FAST].validate_inputs = True
-                        row["samples_per_s"] = batch / (row["ms"] * 1e-3)
-                        return row
-                    rec.row({**what, "provider": f"{FAST}+graph"}, graph_row)
-                    del images, ref
+                    if dtype not in models:
+                        models[dtype] = {p: build_model(cfg, 0, dtype, device, p)
+                                         for p in ("reference", FAST)}
+                    case_rows(rec, models[dtype], cfg, batch, modalities, dtype, device)
                     torch.cuda.empty_cache()
-            del models
-            torch.cuda.empty_cache()
-
 
 if __name__ == "__main__":
     raise SystemExit(run_script(main))

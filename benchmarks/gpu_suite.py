@@ -12,14 +12,14 @@ Stages, in order (budgets in seconds; the whole run stops starting stages after
 ========  ======  ==============  ========================================================
 stage     budget  writes          what
 ========  ======  ==============  ========================================================
-compile       40  compile.json    every kernel × configuration compiled as launched
+compile       30  compile.json    every kernel × configuration compiled as launched
                                   (``kernels.compile_check --all-configs``, in parallel):
                                   registers, spills, shared memory; fills Triton's cache
 kernels       70  kernels.json    copy + bf16 matmul ceilings; ``dyn_conv`` at paper dims
                                   (Triton vs cuDNN); the cosine stage vs copy bandwidth
 parity        85  parity.xml      gpu / interpreter tests on the GPU, every autotune
                                   configuration forced in turn (pytest, junit XML)
-memcheck      35  (suite.log)     compute-sanitizer memcheck of every kernel/configuration
+memcheck      45  (suite.log)     compute-sanitizer memcheck of every kernel/configuration
 cmoe          55  cmoe.json       the C-MoE layer: reference fp32 vs torch vs triton bf16
 model         45  model.json      the whole model, reference vs accelerated (+ CUDA graph)
 amap          25  amap.json       anomaly map, score and loss against the byte floor
@@ -118,13 +118,13 @@ def _memcheck(ctx: StageContext) -> List[str]:
 
 
 STAGES = [
-    Stage("compile", 40, _compile, files=("compile.json",),
+    Stage("compile", 30, _compile, files=("compile.json",),
           about="every kernel and configuration compiled as launched: registers, spills"),
     Stage("kernels", 70, _script("benchmarks.gpu_kernels"), files=("kernels.json",),
           about="ceilings, dyn_conv at paper dims (Triton vs cuDNN), cosine stage"),
     Stage("parity", 85, _parity, env={"UNIMMAD_AUTOTUNE": "0"}, files=("parity.xml",),
           about="gpu/interpreter tests; every autotune configuration forced in turn"),
-    Stage("memcheck", 35, _memcheck,
+    Stage("memcheck", 45, _memcheck,
           env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "UNIMMAD_AUTOTUNE": "0"},
           about="compute-sanitizer memcheck of every kernel and configuration"),
     Stage("cmoe", 55, _script("benchmarks.gpu_cmoe"), files=("cmoe.json",),
