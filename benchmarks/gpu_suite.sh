@@ -10,4 +10,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" -m benchmarks.gpu_suite "$@"
+PY=${PYTHON:-python3}
+# the GPU image's interpreter with torch, should a bare python3 lack it
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" \
+    2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ]; then
+  PY=/opt/torch/.venv/bin/python3
+fi
+exec "$PY" -m benchmarks.gpu_suite "$@"

@@ -17,7 +17,11 @@ take a ``backend`` argument:
 that runs; every error text about backends lives here.  The module also holds the switches
 every Triton file shares: whether Triton is importable, the interpreter flag
 (``TRITON_INTERPRET=1``, read at import), the autotune flag (``UNIMMAD_AUTOTUNE=0`` pins one
-configuration), the fp32 dot precision, and the ``out=`` buffer helper of the launchers.
+configuration), the autotune configuration lists (:func:`configs`) and
+:func:`forced_config` (one configuration at a time, for the parity tests),
+:func:`gpu_launch_params` (GPU launch parameters under the interpreter, for
+:mod:`kernels.compile_check`), the fp32 dot precision, and the ``out=`` buffer helper of
+the launchers.
 No GPU is queried at import time.
 """
 from __future__ import annotations
