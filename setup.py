@@ -1,6 +1,9 @@
 """Installs the ``unimmad`` (reference model) and ``kernels`` (fast paths) packages."""
 from setuptools import find_packages, setup
 
+# torch.onnx's exporter needs onnx + onnxscript; onnxruntime runs the exported model.
+ONNX = ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.31"]
+
 setup(
     name="unimmad",
     version="0.1.0",
@@ -24,9 +27,12 @@ setup(
         "nibabel",
         "matplotlib",
     ],
+    # Runtime only above; the tested pins are requirements.txt (runtime) and
+    # requirements-test.txt (these extras).
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scikit-learn"],
+        "onnx": ONNX,  # unimmad export --format onnx, and its onnxruntime check
         "mulsen": ["trimesh"],  # MulSen-AD point clouds rendered to depth
+        "test": ["pytest", "pytest-benchmark", "scikit-learn", "trimesh"] + ONNX,
     },
     entry_points={"console_scripts": ["unimmad=unimmad.cli:main"]},
     license="MIT",

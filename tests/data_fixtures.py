@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -92,7 +93,10 @@ def make_mvtec_ad(root: Path, classes: Sequence[str] = ("bottle", "grid"), n_tra
 
 # ----------------------------------------------------------------------------- VisA
 def make_visa(root: Path, classes: Sequence[str] = ("candle", "pcb1"), n_train: int = 3,
-              n_good: int = 2, n_bad: int = 2) -> Dict:
+              n_good: int = 2, n_bad: int = 2, layout: str = "csv", bom: bool = False) -> Dict:
+    """VisA as downloaded plus ``split_csv/1cls.csv`` (``layout="csv"``), or as reorganised
+    by spot-diff's ``prepare_data.py`` (``layout="pytorch"``: ``1cls/<class>/train/good``,
+    ``test/{good,bad}``, ``ground_truth/bad/<stem>.png`` binarised to 255)."""
     rows = []
     info = {"train": 0, "test": 0, "anomalous": 0}
     for ci, c in enumerate(classes):
@@ -100,23 +104,33 @@ def make_visa(root: Path, classes: Sequence[str] = ("candle", "pcb1"), n_train: 
         for split, n in (("train", n_train), ("test", n_good)):
             for _ in range(n):
                 rel = f"{c}/Data/Images/Normal/{k:04d}.JPG"
-                save_jpg(root / rel, rgb_image(10 * ci + k))
+                img = rgb_image(10 * ci + k)
+                if layout == "csv":
+                    save_jpg(root / rel, img)
+                else:
+                    save_jpg(root / "1cls" / c / split / "good" / f"{k:04d}.JPG", img)
                 rows.append({"object": c, "split": split, "label": "normal", "image": rel, "mask": ""})
                 info[split] += 1
                 k += 1
         for i in range(n_bad):
             rel = f"{c}/Data/Images/Anomaly/{i:03d}.JPG"
-            save_jpg(root / rel, rgb_image(500 + i, defect=True))
             mrel = f"{c}/Data/Masks/Anomaly/{i:03d}.png"
-            save_png(root / mrel, box_mask(value=1 + i))   # VisA masks hold small ids
+            if layout == "csv":
+                save_jpg(root / rel, rgb_image(500 + i, defect=True))
+                save_png(root / mrel, box_mask(value=1 + i))   # VisA masks hold small ids
+            else:
+                save_jpg(root / "1cls" / c / "test" / "bad" / f"{i:03d}.JPG", rgb_image(500 + i, defect=True))
+                save_png(root / "1cls" / c / "ground_truth" / "bad" / f"{i:03d}.png", box_mask())
             rows.append({"object": c, "split": "test", "label": "anomaly", "image": rel, "mask": mrel})
             info["test"] += 1
             info["anomalous"] += 1
-    _mkdir(root / "split_csv")
-    with open(root / "split_csv" / "1cls.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["object", "split", "label", "image", "mask"])
-        w.writeheader()
-        w.writerows(rows)
+    if layout == "csv":
+        _mkdir(root / "split_csv")
+        with open(root / "split_csv" / "1cls.csv", "w", newline="",
+                  encoding="utf-8-sig" if bom else "utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["object", "split", "label", "image", "mask"])
+            w.writeheader()
+            w.writerows(rows)
     return info
 
 
@@ -175,7 +189,9 @@ def make_eyecandies(root: Path, classes: Sequence[str] = ("CandyCane",), n_train
 
     def sample(d: Path, sid: str, seed: int, defect, test: bool):
         for k in range(6):
-            save_png(d / f"{sid}_image_{k}.png", rgb_image(seed + k, defect=defect))
+            img = rgb_image(seed + k, defect=defect)
+            img[0, 0] = (10 * k, 10 * k, 10 * k)          # the lighting index, readable back
+            save_png(d / f"{sid}_image_{k}.png", img)
         depth = np.full((H, W), 30000, np.uint16) + _rng(seed).integers(0, 200, (H, W)).astype(np.uint16)
         if defect:
             depth[BOX] += 5000
@@ -197,9 +213,9 @@ def make_eyecandies(root: Path, classes: Sequence[str] = ("CandyCane",), n_train
                 sample(d, f"{i:03d}", i, False, False)
                 info[split] += 1
         d = _mkdir(root / c / "test_public" / "data")
-        for i in range(n_good + n_bad):
+        for i in range(n_good + n_bad):               # test ids have two digits (00_mask.png)
             bad = i >= n_good
-            sample(d, f"{i:03d}", 40 + i, bad, True)
+            sample(d, f"{i:02d}", 40 + i, bad, True)
             info["test_public"] += 1
             info["anomalous"] += int(bad)
     return info
@@ -306,22 +322,93 @@ def make_brats(root: Path, n_cases: int = 5, shape: Tuple[int, int, int] = BRATS
 
 
 # ----------------------------------------------------------------------------- BMAD-style
+BMAD_LAYOUTS = ("published", "label", "split_level", "resc", "flat")
+
+
 def make_bmad(root: Path, n_train: int = 4, n_good: int = 2, n_bad: int = 2, rgb: bool = False,
-              img_subfolder: bool = True) -> Dict:
+              layout: str = "published") -> Dict:
+    """A BMAD-style dataset in one of BMAD's published forms:
+
+    * ``published`` — README tree: ``<split>/{good,Ungood}/img/``, masks
+      ``<split>/Ungood/anomaly_mask/``;
+    * ``label`` — the same with masks in ``<split>/Ungood/label/`` (BMAD's Brain loaders);
+    * ``split_level`` — Liver configs: ``train/good/``, ``<split>/img/{good,Ungood}/``,
+      ``<split>/label/Ungood/``;
+    * ``resc`` — RESC configs: ``Train/train/good/``, ``Val/val/{good,Ungood}/`` +
+      ``Val/val_label/Ungood/``, ``Test/test/...`` + ``Test/test_label/Ungood/``;
+    * ``flat`` — image-level only: ``<split>/{good,Ungood}/`` without masks."""
     def img(seed, defect):
         a = rgb_image(seed, defect=defect, gray=not rgb)
         return a if rgb else a[..., 0]
 
-    tr = root / "train" / "good" / ("img" if img_subfolder else "")
+    def dirs(split):
+        S = {"resc": {"train": "Train/train", "valid": "Val/val", "test": "Test/test"}}.get(
+            layout, {"train": "train", "valid": "valid", "test": "test"})[split]
+        if layout in ("published", "label"):
+            return (f"{S}/good/img", f"{S}/Ungood/img",
+                    f"{S}/Ungood/{'anomaly_mask' if layout == 'published' else 'label'}")
+        if layout == "split_level":
+            return ((f"{S}/good" if split == "train" else f"{S}/img/good"), f"{S}/img/Ungood",
+                    f"{S}/label/Ungood")
+        if layout == "resc":
+            return f"{S}/good", f"{S}/Ungood", f"{S}_label/Ungood"
+        return f"{S}/good", f"{S}/Ungood", None
+
+    good, _, _ = dirs("train")
     for i in range(n_train):
-        save_png(tr / f"{i:05d}_60.png", img(i, False))
+        save_png(root / good / f"{i:05d}_60.png", img(i, False))
     for split in ("valid", "test"):
+        good, bad, masks = dirs(split)
         for i in range(n_good):
-            save_png(root / split / "good" / "img" / f"{i:05d}_7{i}.png", img(30 + i, False))
+            save_png(root / good / f"{i:05d}_7{i}.png", img(30 + i, False))
         for i in range(n_bad):
-            save_png(root / split / "Ungood" / "img" / f"{i:05d}_8{i}.png", img(40 + i, True))
-            save_png(root / split / "Ungood" / "label" / f"{i:05d}_8{i}.png", box_mask())
-    return {"train": n_train, "test": n_good + n_bad, "anomalous": n_bad}
+            save_png(root / bad / f"{i:05d}_8{i}.png", img(40 + i, True))
+            if masks is not None:
+                save_png(root / masks / f"{i:05d}_8{i}.png", box_mask())
+    return {"train": n_train, "test": n_good + n_bad, "anomalous": n_bad, "layout": layout,
+            "mask_dir": lambda split: None if dirs(split)[2] is None else root / dirs(split)[2]}
+
+
+# ----------------------------------------------------------------------------- Hyper-Kvasir
+HK_NORMAL = ("cecum", "ileum", "bbps-2-3")
+
+
+def _hk_id(i: int, tag: str) -> str:
+    """A uuid-like image id, unique per (finding, index)."""
+    return f"{zlib.crc32(f'{tag}/{i}'.encode()):08x}-{i:04x}-4c1e-9d1f-0a0b0c0d0e0f"
+
+
+def make_hyperkvasir(root: Path, n_per_finding: int = 12, n_polyps: int = 3,
+                     split_archives: bool = False) -> Dict:
+    """Hyper-Kvasir as published: ``labeled-images/<tract>/<category>/<finding>/<id>.jpg``
+    (normal lower-GI findings, an excluded one, a pathological one and an upper-GI one)
+    and ``segmented-images/{images,masks}/<id>.jpg`` with JPEG masks.  With
+    ``split_archives`` the two parts sit one folder down, as the separate downloads."""
+    lab = root / ("hyper-kvasir-labeled-images" if split_archives else "") / "labeled-images"
+    seg = root / ("hyper-kvasir-segmented-images" if split_archives else "") / "segmented-images"
+    layout = {
+        ("lower-gi-tract", "anatomical-landmarks"): ("cecum", "ileum", "retroflex-rectum"),
+        ("lower-gi-tract", "quality-of-mucosal-views"): ("bbps-2-3", "bbps-0-1"),
+        ("lower-gi-tract", "pathological-findings"): ("polyps",),
+        ("upper-gi-tract", "anatomical-landmarks"): ("pylorus",),
+    }
+    info = {"normal": [], "polyps_labeled": [], "segmented": []}
+    for (tract, cat), findings in layout.items():
+        for f in findings:
+            for i in range(n_per_finding):
+                name = _hk_id(i, f)
+                save_jpg(lab / tract / cat / f / f"{name}.jpg", rgb_image(i + 7 * len(f)))
+                if f in HK_NORMAL:
+                    info["normal"].append(name)
+                elif f == "polyps":
+                    info["polyps_labeled"].append(name)
+    for i in range(n_polyps):
+        name = info["polyps_labeled"][i]           # segmented polyps are labeled polyps too
+        save_jpg(seg / "images" / f"{name}.jpg", rgb_image(900 + i, defect=True))
+        _mkdir(seg / "masks")
+        Image.fromarray(box_mask()).save(seg / "masks" / f"{name}.jpg", quality=60)
+        info["segmented"].append(name)
+    return info
 
 
 # ----------------------------------------------------------------------------- meta.json
@@ -357,3 +444,32 @@ def make_meta_json(root: Path) -> Dict:
     with open(root / "meta.json", "w") as f:
         json.dump(meta, f)
     return meta
+
+
+# ----------------------------------------------------------------------------- broken files
+def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A valid 1×1 PNG whose header claims ``width``×``height`` pixels (a decompression
+    bomb as Pillow sees it: refused at open, before any pixel is decoded)."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:20] = struct.pack(">I", width)          # IHDR data starts at byte 16
+    data[20:24] = struct.pack(">I", height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    _mkdir(path.parent)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def dangling_symlink(path: Path) -> Path:
+    """Replace ``path`` (if any) by a symbolic link to a file that does not exist."""
+    import os
+
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    _mkdir(path.parent)
+    os.symlink(path.parent / "does-not-exist.png", path)
+    return path

@@ -30,7 +30,7 @@ def parts(tmp_path_factory):
 def test_concatenation_and_loss_weights(parts):
     multi = D.MultiDataset(parts)
     assert len(multi) == sum(len(p) for p in parts) == 6 + 2 + 2
-    assert multi.classes == ["Lollipop_eyecandies", "bottle_mvtec", "brain_brats"]
+    assert multi.classes == ["Lollipop_eyecandies", "bottle_mvtec", "brats_brats"]
     got = [(multi[i]["dataset"], multi[i]["loss_weight"]) for i in (0, 6, 9, -1)]
     assert got == [("mvtec", 1.0), ("eyecandies", 0.5), ("brats", 10.0), ("brats", 10.0)]
     assert dict(D.DEFAULT_LOSS_WEIGHTS) == {"eyecandies": 0.5, "brats": 10.0, "liverct": 10.0}
@@ -87,7 +87,7 @@ def test_collate_batch_format(parts):
     assert batch["num_modalities"].dtype == torch.long
     assert batch["masks"].shape == (3, 32, 32) and batch["labels"].tolist() == [0, 0, 0]
     assert batch["sample_weight"].tolist() == [1.0, 0.5, 10.0]
-    assert batch["class_names"] == ["bottle_mvtec", "Lollipop_eyecandies", "brain_brats"]
+    assert batch["class_names"] == ["bottle_mvtec", "Lollipop_eyecandies", "brats_brats"]
     assert batch["datasets"] == ["mvtec", "eyecandies", "brats"]
     assert batch["modalities"] == ["rgb", "rgb+depth", "flair+t1+t1ce+t2"]
     with pytest.raises(ValueError, match="different image shapes"):

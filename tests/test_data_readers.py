@@ -1,13 +1,17 @@
-"""Every reader on a tiny dataset generated in its real layout (tests/data_fixtures.py):
-sample format, modality counts, labels, class names, loss weights and mask alignment
-(the defect pixels carry a marker, which must land under the mask after preprocessing)."""
+"""Every reader on a tiny dataset generated in each of its published layouts
+(tests/data_fixtures.py): sample format, modality counts, labels, class names (the
+release's, with the old aliases), loss weights, protocol options and mask alignment (the
+defect pixels carry a marker, which must land under the mask after preprocessing)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data_fixtures as F
 import unimmad.data as D
@@ -24,13 +28,11 @@ def roots(tmp_path_factory):
     for name, make in (("mvtec", F.make_mvtec_ad), ("visa", F.make_visa),
                        ("mvtec3d", F.make_mvtec3d), ("eyecandies", F.make_eyecandies),
                        ("mulsen", F.make_mulsen), ("brats", F.make_brats),
-                       ("liverct", F.make_bmad), ("meta", F.make_meta_json)):
+                       ("liverct", F.make_bmad), ("meta", F.make_meta_json),
+                       ("hyperkvasir", F.make_hyperkvasir)):
         root = base / name
         root.mkdir()
         out[name] = (root, make(root))
-    root = base / "hyperkvasir"
-    root.mkdir()
-    out["hyperkvasir"] = (root, F.make_bmad(root, rgb=True, img_subfolder=False))
     return out
 
 
@@ -103,6 +105,24 @@ def test_visa(roots):
         D.VisA(root, "test", classes=["nope"])
 
 
+@pytest.mark.parametrize("layout", ["pytorch", "csv_bom"])
+def test_visa_other_published_forms(tmp_path, layout):
+    """spot-diff's reorganised 1cls layout (MVTec-like, masks ``<stem>.png``), and a split
+    file saved with a UTF-8 byte-order mark."""
+    root = tmp_path / "visa"
+    info = F.make_visa(root, layout="pytorch" if layout == "pytorch" else "csv",
+                       bom=layout == "csv_bom")
+    tr = D.VisA(root, "train", preprocess=PRE)
+    te = D.VisA(root, "test", preprocess=PRE)
+    assert tr.layout_used == ("pytorch" if layout == "pytorch" else "csv")
+    assert len(tr) == info["train"] and len(te) == info["test"]
+    assert sum(te.labels) == info["anomalous"] and te.classes == ["candle_visa", "pcb1_visa"]
+    for i in anomalous(te):
+        x = te[i]
+        check_sample(x, 1, "visa", 1.0)
+        assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+
+
 @pytest.mark.parametrize("split", ["train", "validation", "val", "test"])
 def test_mvtec3d(roots, split):
     root, info = roots["mvtec3d"]
@@ -120,6 +140,26 @@ def test_mvtec3d(roots, split):
             m = x["mask"].bool()
             assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
             assert float(depth[0][m].mean() - depth[0][~m].mean()) > 1.0   # raised defect
+
+
+def test_mvtec3d_invalid_point_rule(roots):
+    """Default: a point is valid only when all three coordinates are non-zero (3D-ADS, M3DM,
+    CFM); ``invalid_points="all_zero"`` drops only (0, 0, 0)."""
+    root, _ = roots["mvtec3d"]
+    ref = D.MVTec3DAD(root, "train", preprocess=PRE)
+    r = ref.records[0]
+    path = r.files[1][1]
+    import tifffile
+    xyz = tifffile.imread(path)
+    some_zero = (xyz == 0).any(axis=2) & ~(xyz == 0).all(axis=2) & np.isfinite(xyz).all(axis=2)
+    assert some_zero.any()                      # x = 0 on the first column, y = 0 on the first row
+    strict = ref.read_modality("depth", path, r).valid
+    loose = D.MVTec3DAD(root, "train", invalid_points="all_zero", preprocess=PRE)
+    lax = loose.read_modality("depth", path, r).valid
+    assert not strict[some_zero].any() and lax[some_zero].all()
+    assert (strict == (np.isfinite(xyz).all(axis=2) & (xyz != 0).all(axis=2))).all()
+    with pytest.raises(ValueError, match="invalid_points"):
+        D.MVTec3DAD(root, "train", invalid_points="nonzero")
 
 
 def test_mvtec3d_single_modality_and_rename(roots):
@@ -147,6 +187,29 @@ def test_eyecandies(roots):
             m = x["mask"].bool()
             assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
             assert float(x["images"][1, 0][m].mean() - x["images"][1, 0][~m].mean()) > 1.0
+
+
+def test_eyecandies_protocol_defaults(roots, tmp_path):
+    """Lighting image 4 and labels from the mask, as the M3DM / CFM preprocessing;
+    ``label_from="metadata"`` reads the ``anomalous`` flag instead."""
+    root, info = roots["eyecandies"]
+    te = D.Eyecandies(root, "test", preprocess=PRE)
+    assert te.rgb_index == 4 and te.label_from == "mask"
+    r = te.records[0]
+    assert r.files[0][1].endswith("_image_4.png")
+    assert te.read_modality("rgb", r.files[0][1], r).data[0, 0, 0] == pytest.approx(40 / 255)
+    import shutil
+    import yaml
+    copy = tmp_path / "eye"
+    shutil.copytree(root, copy)
+    data = copy / "CandyCane" / "test_public" / "data"
+    with open(data / "00_metadata.yaml", "w") as f:          # flagged, but its mask is empty
+        yaml.safe_dump({"anomalous": 1}, f)
+    by_mask = D.Eyecandies(copy, "test", preprocess=PRE)
+    by_meta = D.Eyecandies(copy, "test", label_from="metadata", preprocess=PRE)
+    assert by_mask.labels[0] == 0 and by_meta.labels[0] == 1
+    assert by_meta[0]["mask"].sum() == 0
+    assert by_mask.labels[1:] == by_meta.labels[1:]
 
 
 def test_mulsen_infrared_default(roots):
@@ -197,7 +260,8 @@ def test_brats(roots):
     assert len(tr) == 4 * (n_slices - n_tumour)                     # 4 training cases, healthy
     assert len(te) == n_slices and sum(te.labels) == n_tumour       # last case is the test one
     assert {r.files[0][1].split("/")[-2] for r in te.records} == {info["cases"][-1]}
-    assert tr.classes == ["brain_brats"]
+    assert tr.classes == ["brats_brats"]
+    assert D.BraTS2020(root, "train", classes=["brain"], preprocess=PRE).classes == ["brats_brats"]
     for i in range(len(te)):
         x = te[i]
         check_sample(x, 4, "brats", 10.0)
@@ -211,6 +275,27 @@ def test_brats(roots):
     assert sub[0]["num_modalities"] == 2
 
 
+def test_brats_release_channel_stack(roots):
+    """``channel_stack=("flair", "t1", "t2")``: one 3-channel slice per sample (the release's
+    choice), channel c equal to sequence c read as its own (gray) modality."""
+    root, info = roots["brats"]
+    stack = D.BraTS2020(root, "test", channel_stack=("flair", "t1", "t2"), preprocess=PRE)
+    sep = D.BraTS2020(root, "test", modalities=("flair", "t1", "t2"), preprocess=PRE)
+    assert len(stack) == len(sep) and stack.labels == sep.labels
+    for i in (0, stack.labels.index(1)):
+        a, b = stack[i], sep[i]
+        check_sample(a, 1, "brats", 10.0)
+        assert a["modalities"] == "mri"
+        for c in range(3):
+            assert torch.allclose(a["images"][0, c], b["images"][c, c], atol=1e-6)
+        assert not torch.allclose(a["images"][0, 0], a["images"][0, 1])
+        assert torch.equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="either modalities or channel_stack"):
+        D.BraTS2020(root, "test", modalities=("t1",), channel_stack=("flair", "t1", "t2"))
+    with pytest.raises(ValueError, match="3 distinct"):
+        D.BraTS2020(root, "test", channel_stack=("flair", "t1"))
+
+
 def test_brats_gz_and_odd_seg_name(tmp_path):
     F.make_brats(tmp_path, n_cases=2, gz=True, odd_seg_name_case=2)
     ds = D.BraTS2020(tmp_path / "MICCAI_BraTS2020_TrainingData", "test", test_fraction=0.5,
@@ -220,25 +305,112 @@ def test_brats_gz_and_odd_seg_name(tmp_path):
     assert x["mask"].sum() > 0
 
 
-@pytest.mark.parametrize("name,cls,modality,weight,rgb", [
-    ("liverct", D.LiverCT, "ct", 10.0, False),
-    ("hyperkvasir", D.HyperKvasir, "endoscopy", 1.0, True),
+@pytest.mark.parametrize("layout", F.BMAD_LAYOUTS)
+@pytest.mark.parametrize("name,cls,modality,weight,klass", [
+    ("liverct", D.LiverCT, "ct", 10.0, "liver"),
+    ("retinaloct", D.RetinalOCT, "oct", 1.0, "retinal_edema"),
 ])
-def test_bmad_style(roots, name, cls, modality, weight, rgb):
-    root, info = roots[name]
-    tr = cls(root, "train", preprocess=PRE)
-    assert len(tr) == info["train"] and tr.classes == [f"{tr.class_name}_{name}"]
+def test_bmad_layouts(tmp_path, layout, name, cls, modality, weight, klass):
+    """Every published BMAD form: README tree (anomaly_mask), Ungood/label, split-level
+    (Liver configs), RESC's Train/train + Val/val_label, and image-level folders."""
+    root = tmp_path / name
+    info = F.make_bmad(root, layout=layout)
+    kw = {"require_masks": False} if layout == "flat" else {}
+    tr = cls(root, "train", preprocess=PRE, **kw)
+    assert len(tr) == info["train"] and tr.classes == [f"{klass}_{name}"]
+    assert sum(tr.labels) == 0
     for split in ("valid", "val", "test"):
-        te = cls(root, split, preprocess=PRE)
+        te = cls(root, split, preprocess=PRE, **kw)
         assert len(te) == info["test"] and sum(te.labels) == info["anomalous"]
+        mask_dir = info["mask_dir"]("valid" if split == "val" else split)
         for i in range(len(te)):
             x = te[i]
             check_sample(x, 1, name, weight)
             assert x["modalities"] == modality
-            if x["label"]:
-                assert iou(marker(x["images"][0], rgb), x["mask"]) > 0.8
-    oct_ = D.RetinalOCT(roots["liverct"][0], "test", preprocess=PRE)
-    assert oct_.classes == ["retina_retinaloct"] and oct_[0]["modalities"] == "oct"
+            if x["label"] and mask_dir is not None:
+                assert Path(te.records[i].mask).parent == mask_dir
+                assert iou(marker(x["images"][0], False), x["mask"]) > 0.8
+            elif x["label"]:
+                assert x["mask"].sum() == 0                    # image-level only
+    if layout == "flat":
+        with pytest.raises(D.MissingPathError, match="mask of .* not found"):
+            cls(root, "test")
+
+
+def test_class_aliases():
+    assert D.RetinalOCT.CLASS_ALIASES == {"retina": "retinal_edema"}
+    assert D.BraTS2020.CLASS_ALIASES == {"brain": "brats"}
+
+
+def test_retinal_oct_old_class_name(tmp_path):
+    root = tmp_path / "resc"
+    F.make_bmad(root, layout="resc")
+    ds = D.RetinalOCT(root, "test", classes=["retina"], preprocess=PRE)
+    assert ds.classes == ["retinal_edema_retinaloct"] and "Test/test" in ds.layout_used
+
+
+def test_hyperkvasir_as_published(roots):
+    """Normal = lower-GI cecum, ileum and bbps-2-3 images; anomalies = the segmented
+    polyps with their (JPEG) masks; normal test images chosen by crc32(id)."""
+    root, info = roots["hyperkvasir"]
+    tr = D.HyperKvasir(root, "train", preprocess=PRE)
+    te = D.HyperKvasir(root, "test", preprocess=PRE)
+    assert tr.layout_used == "published" and tr.classes == ["colon_hyperkvasir"]
+    in_test = {n for n in info["normal"] if zlib.crc32(n.encode()) % 10000 < 1000}
+    assert 0 < len(in_test) < len(info["normal"])
+    assert {Path(r.files[0][1]).stem for r in tr.records} == set(info["normal"]) - in_test
+    assert sum(tr.labels) == 0
+    normal_te = {Path(r.files[0][1]).stem for r in te.records if r.label == 0}
+    bad_te = {Path(r.files[0][1]).stem for r in te.records if r.label == 1}
+    assert normal_te == in_test and bad_te == set(info["segmented"])
+    assert all("segmented-images" in r.files[0][1] for r in te.records if r.label)
+    for i in anomalous(te):
+        x = te[i]
+        check_sample(x, 1, "hyperkvasir", 1.0)
+        assert x["modalities"] == "endoscopy"
+        assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+        raw = np.asarray(Image.open(te.records[i].mask))
+        box = np.zeros(raw.shape[:2], bool)
+        box[F.BOX] = True
+        noise = raw[~box]
+        assert noise.max() > 0 and noise.max() <= 127        # JPEG noise, not defect
+        assert (te.read_mask(te.records[i]) == box).all()
+    for i in range(len(te)):
+        check_sample(te[i], 1, "hyperkvasir", 1.0)
+    with pytest.raises(ValueError, match="no validation split"):
+        D.HyperKvasir(root, "valid")
+
+
+def test_hyperkvasir_options_and_archives(tmp_path):
+    root = tmp_path / "hk"
+    info = F.make_hyperkvasir(root, split_archives=True)
+    te = D.HyperKvasir(root, "test", abnormal_findings=("polyps",), require_masks=False,
+                       test_fraction=0.5, preprocess=PRE)
+    bad = [r for r in te.records if r.label]
+    assert len(bad) == len(info["polyps_labeled"])                # segmented ones deduplicated
+    with_mask = {Path(r.files[0][1]).stem for r in bad if r.mask}
+    assert with_mask == set(info["segmented"])
+    normal = [r for r in te.records if not r.label]
+    assert {Path(r.files[0][1]).stem for r in normal} == {
+        n for n in info["normal"] if zlib.crc32(n.encode()) % 10000 < 5000}
+    only = D.HyperKvasir(root, "train", normal_findings=("cecum",), test_fraction=0.0)
+    assert all("/cecum/" in r.files[0][1] for r in only.records) and len(only) == 12
+    with pytest.raises(D.MissingPathError, match="finding folder 'caecum' not found"):
+        D.HyperKvasir(root, "train", normal_findings=("caecum",))
+    with pytest.raises(D.MissingPathError, match="mask of"):
+        D.HyperKvasir(root, "test", abnormal_findings=("polyps",))   # masks required
+
+
+def test_hyperkvasir_bmad_copy(tmp_path):
+    root = tmp_path / "hk_bmad"
+    info = F.make_bmad(root, rgb=True, layout="published")
+    te = D.HyperKvasir(root, "test", preprocess=PRE)
+    assert te.layout_used.startswith("bmad") and len(te) == info["test"]
+    for i in anomalous(te):
+        x = te[i]
+        check_sample(x, 1, "hyperkvasir", 1.0)
+        assert iou(marker(x["images"][0], True), x["mask"]) > 0.8
+    assert len(D.HyperKvasir(root, "valid", preprocess=PRE)) == info["test"]
 
 
 def test_meta_json(roots):
@@ -283,12 +455,14 @@ def test_build_dataset_registry(roots):
 def test_depth_fill_and_normalisation():
     from unimmad.data.preprocess import depth_from_xyz, fill_depth, normalize_depth
 
-    xyz = np.zeros((3, 4, 3), np.float32)
+    xyz = np.ones((3, 4, 3), np.float32)
     xyz[..., 2] = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
     xyz[0, 0] = 0.0                    # missing point
     xyz[2, 3, 1] = np.nan              # broken point
     z, valid = depth_from_xyz(xyz)
     assert not valid[0, 0] and not valid[2, 3] and valid.sum() == 10
+    xyz[1, 1, 0] = 0.0                 # one zero coordinate: invalid only by the default rule
+    assert not depth_from_xyz(xyz)[1][1, 1] and depth_from_xyz(xyz, "all_zero")[1][1, 1]
     near = fill_depth(z, valid, "nearest")
     assert near[0, 0] in (2.0, 5.0) and near[2, 3] in (11.0, 8.0)
     mean = fill_depth(z, valid, "mean")

@@ -9,30 +9,43 @@ import torch.distributed as dist
 from unimmad import UniMMAD, UniMMADConfig
 from unimmad.data import ClassBalancedSampler
 from unimmad.engine import (DistributedClassBalancedSampler, ReplayDataset, TrainConfig, Trainer,
-                            atomic_save, continual_parameter_names, freeze_for_continual,
-                            load_checkpoint)
+                            continual_parameter_names, freeze_for_continual, load_checkpoint,
+                            save_checkpoint)
 from unimmad.engine.distributed import init_distributed
 from unimmad.engine.runconfig import apply_overrides, load_run_config
 
 from engine_cases import SyntheticSet
 
 
-def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
-    path = str(tmp_path / "last.pt")
-    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+def test_checkpoint_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    from unimmad.engine import checkpoint as C
+    torch.manual_seed(0)
+    model = UniMMAD(UniMMADConfig.tiny())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = str(tmp_path / "last")
+    save_checkpoint(path, model, opt, None, epoch=1, step=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    real, calls = C.write_safetensors, []
 
-    def crash(obj, f, *a, **k):
-        f.write(b"partial")
+    def crash(tensors, target, *a, **k):
+        calls.append(target)
+        real(tensors, target, *a, **k)
+        with open(target, "r+b") as f:      # half-written: the kill lands mid-file
+            f.truncate(os.path.getsize(target) // 2)
         raise KeyboardInterrupt("killed mid-save")
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(C, "write_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
-        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+        save_checkpoint(path, model, opt, None, epoch=2, step=6)
     monkeypatch.undo()
-    ckpt = load_checkpoint(path)
-    assert ckpt["epoch"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(3))
-    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+    assert calls and ".last.tmp-" in calls[0]           # it wrote beside, not into, last/
+    ckpt = load_checkpoint(path, training=True)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 3
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in before.items())
+    assert os.listdir(tmp_path) == ["last"]  # no temporary folder left behind
     with pytest.raises(FileNotFoundError):
-        load_checkpoint(str(tmp_path / "none.pt"))
+        load_checkpoint(str(tmp_path / "none"))
 
 
 def test_distributed_sampler_splits_the_single_process_sequence():
@@ -144,7 +157,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     steps = 3
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), steps),
                                 nprocs=2, join=True)
-    load = lambda name: torch.load(tmp_path / name, weights_only=False)
+    load = lambda name: torch.load(tmp_path / name, weights_only=True)
     for opt in ("sgd", "adam"):
         r0, r1 = load(f"{opt}0.pt"), load(f"{opt}1.pt")
         for k, v in r0["state"].items():

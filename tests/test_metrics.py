@@ -1,6 +1,8 @@
 """unimmad.metrics against scikit-learn (AUROC, AP), brute-force sweeps (F1-max), brute-force
-implementations of both AUPRO definitions written here, hand-computed PRO curves, and the
-binned estimators against the exact ones within their stated error bounds."""
+implementations of the AUPRO definitions written here from the published code's behaviour
+(MVTec AD every-threshold curve; MVTec 3D-AD 100 and CFM 99 sampled thresholds),
+hand-computed PRO curves, and the binned estimators against the exact ones within their
+stated error bounds — on continuous, tied, constant, clipped, quantised and fp16 maps."""
 from __future__ import annotations
 
 import csv
@@ -65,18 +67,27 @@ def brute_aupro_exact(maps, masks, limit=0.3):
     return clipped_area(xs, ys, limit) / limit
 
 
-def brute_aupro_mvtec3d(maps, masks, limit=0.3, T=99):
+def brute_aupro_sampled(maps, masks, T, limit=0.3):
+    """The threshold-sampled PRO curve as the MVTec 3D-AD / CFM evaluation code defines it:
+    thresholds at the positions ``np.linspace(0, n - 1, T, dtype=int)`` of the sorted normal
+    scores, positional FPR ``1 - (pos + 1) / n``, a region pixel detected when its score is
+    strictly above the threshold, the point (1, 1) appended."""
     regions = regions_of(masks)
-    ok = np.sort(maps[~masks])
+    ok = np.sort(maps[~masks].astype(np.float64))
     n = ok.size
     pts = []
-    for k in range(T):
-        pos = (k * (n - 1)) // (T - 1)
+    for pos in np.linspace(0, n - 1, num=T, dtype=int):
         t = ok[pos]
         pro = np.mean([(maps[i][r] > t).mean() for i, r in regions])
         pts.append((1.0 - (pos + 1) / n, pro))
-    pts = sorted(pts) + [(1.0, 1.0)]
+    pts = pts[::-1] + [(1.0, 1.0)]
     return clipped_area([p[0] for p in pts], [p[1] for p in pts], limit) / limit
+
+
+def brute_aupro(maps, masks, variant, limit=0.3):
+    if variant == "exact":
+        return brute_aupro_exact(maps, masks, limit)
+    return brute_aupro_sampled(maps, masks, {"mvtec3d": 100, "cfm": 99}[variant], limit)
 
 
 # ----------------------------------------------------------------------------- data
@@ -123,6 +134,37 @@ def test_image_metrics_undefined_give_nan():
 
 
 # ----------------------------------------------------------------------------- pixel metrics
+def smooth_set(rng, n=10, h=40, w=40, one_pixel=False):
+    """Smooth maps in [0, 1], 1–2 rectangular defects per image (or isolated one-pixel
+    defects), every fourth image defect-free."""
+    maps = ndimage.gaussian_filter(rng.random((n, h, w)), (0, 2, 2))
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        if i % 4 == 3:
+            continue
+        for _ in range(1 + i % 2):
+            y, x = rng.integers(1, h - 9), rng.integers(1, w - 9)
+            if one_pixel:
+                masks[i, y, x] = True
+            else:
+                masks[i, y:y + rng.integers(1, 8), x:x + rng.integers(1, 8)] = True
+    maps = maps + 0.05 * masks * rng.random((n, h, w))
+    return ((maps - maps.min()) / (maps.max() - maps.min())).astype(np.float32), masks
+
+
+def with_ties(kind, maps):
+    if kind == "constant":
+        return np.full_like(maps, 0.25)
+    if kind == "clipped":                      # 30 % of the pixels at the low clip, 10 % at the high
+        lo, hi = np.quantile(maps, [0.3, 0.9])
+        return np.clip(maps, lo, hi)
+    if kind == "quantised":                    # an 8-bit map
+        return (np.round(maps * 255) / 255).astype(np.float32)
+    if kind == "fp16":
+        return maps.astype(np.float16).astype(np.float32)
+    return maps
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_exact_pixel_metrics_match_sklearn_and_bruteforce(ties):
     rng = np.random.default_rng(1)
@@ -133,9 +175,33 @@ def test_exact_pixel_metrics_match_sklearn_and_bruteforce(ties):
     assert abs(r["pixel_AUROC"] - roc_auc_score(masks.ravel(), maps.ravel())) < 1e-6
     assert abs(r["pixel_AP"] - average_precision_score(masks.ravel(), maps.ravel())) < 1e-6
     assert abs(r["pixel_F1max"] - brute_f1max(maps, masks)) < 1e-9
-    assert abs(r["pixel_AUPRO"] - brute_aupro_exact(maps, masks)) < 1e-3
-    r3 = M.compute(scores, masks.any((1, 2)), maps, masks, aupro="mvtec3d")
-    assert abs(r3["pixel_AUPRO"] - brute_aupro_mvtec3d(maps, masks)) < 1e-3
+    for variant in M.AUPRO_VARIANTS:
+        got = M.compute(scores, masks.any((1, 2)), maps, masks, aupro=variant)["pixel_AUPRO"]
+        assert abs(got - brute_aupro(maps, masks, variant)) < 1e-10, variant
+
+
+@pytest.mark.parametrize("kind", ["constant", "clipped", "quantised"])
+def test_exact_aupro_on_tied_maps_matches_bruteforce(kind):
+    rng = np.random.default_rng(11)
+    maps, masks = random_set(rng, n=6, h=10, w=12)
+    maps = with_ties(kind, maps)
+    for variant in M.AUPRO_VARIANTS:
+        assert abs(M.aupro(maps, masks, variant) - brute_aupro(maps, masks, variant)) < 1e-10
+
+
+def test_100_and_99_thresholds_are_different_estimators():
+    """"mvtec3d" is the official MVTec 3D-AD evaluation (100 thresholds), "cfm" CFM's and the
+    UniMMAD release's (99); both follow their definition and give different numbers."""
+    rng = np.random.default_rng(12)
+    maps, masks = random_set(rng, n=10, h=16, w=16)
+    mv, cfm = M.aupro(maps, masks, "mvtec3d"), M.aupro(maps, masks, "cfm")
+    assert abs(mv - brute_aupro_sampled(maps, masks, 100)) < 1e-10
+    assert abs(cfm - brute_aupro_sampled(maps, masks, 99)) < 1e-10
+    assert abs(mv - cfm) > 1e-4
+    assert M.aupro(maps, masks, "mvtec3d", num_thresholds=99) == pytest.approx(cfm, abs=1e-15)
+    assert abs(M.aupro(maps, masks, "cfm", num_thresholds=7)
+               - brute_aupro_sampled(maps, masks, 7)) < 1e-10
+    assert M.AUPRO_THRESHOLDS == {"mvtec3d": 100, "cfm": 99}
 
 
 @pytest.mark.filterwarnings("ignore:image AUROC is undefined:RuntimeWarning")
@@ -143,8 +209,8 @@ def test_pro_curves_by_hand():
     """Two regions of 2 pixels; 11 normal pixels, one of them at 0.7, the rest ≤ 0.09.
 
     Exact curve: (0, .25) (0, .75) (1/11, .75) (1/11, 1) … → AUPRO = 1 − (0.25/11)/0.3.
-    MVTec 3D-AD: thresholds at normal-score quantiles, "> t": (0, .75) (1/11, 1) … →
-    AUPRO = 1 − (0.125/11)/0.3."""
+    Sampled (MVTec 3D-AD / CFM): thresholds at normal-score quantiles, "> t":
+    (0, .75) (1/11, 1) … → AUPRO = 1 − (0.125/11)/0.3."""
     gt = np.array([[1, 1, 0, 0, 0],
                    [0, 0, 0, 0, 1],
                    [0, 0, 0, 0, 1]], bool)
@@ -154,16 +220,31 @@ def test_pro_curves_by_hand():
     m[tuple(normal[0])] = 0.7
     for k, (i, j) in enumerate(normal[1:]):
         m[i, j] = 0.01 * k
-    exact = M.aupro(m[None], gt[None], "exact")
-    mv3d = M.aupro(m[None], gt[None], "mvtec3d")
-    assert abs(exact - (1 - (0.25 / 11) / 0.3)) < 1e-12
-    assert abs(mv3d - (1 - (0.125 / 11) / 0.3)) < 1e-12
-    # the binned estimators land within their bounds of the same values
-    for variant, ref in (("exact", exact), ("mvtec3d", mv3d)):
+    want = {"exact": 1 - (0.25 / 11) / 0.3, "mvtec3d": 1 - (0.125 / 11) / 0.3,
+            "cfm": 1 - (0.125 / 11) / 0.3}
+    for variant, ref in want.items():
+        assert abs(M.aupro(m[None], gt[None], variant) - ref) < 1e-12
         acc = M.MetricAccumulator(aupro=variant, pixel_bins=1024)
         acc.update([1.0], [1], m[None], gt[None])
-        got = acc.compute()["pixel_AUPRO"]
-        assert abs(got - ref) <= acc.error_bounds()["pixel_AUPRO"] + 1e-12
+        assert abs(acc.compute()["pixel_AUPRO"] - ref) <= acc.error_bounds()["pixel_AUPRO"] + 1e-12
+
+
+@pytest.mark.filterwarnings("ignore:image AUROC is undefined:RuntimeWarning")
+@pytest.mark.parametrize("bins", [None, 2, 1024])
+def test_positional_fpr_with_tied_normal_scores(bins):
+    """Ten normal pixels all at 0, one region of two pixels at 0 and 1.  The sampled
+    estimators put every threshold at 0 with the positional FPR 1 − (p+1)/10 and count the
+    region pixel at 1 only ("> t"): PRO 0.5 up to FPR 0.9 → AUPRO 0.5.  The exact curve is
+    (0, 0) (0, .5) (1, 1) → AUPRO (0.5 + 0.65)/2 = 0.575.  Binned (a tied group) = exact."""
+    gt = np.zeros((1, 3, 4), bool)
+    gt[0, 0, :2] = True
+    m = np.zeros((1, 3, 4))
+    m[0, 0, 1] = 1.0
+    for variant, ref in (("exact", 0.575), ("mvtec3d", 0.5), ("cfm", 0.5)):
+        acc = M.MetricAccumulator(aupro=variant, pixel_bins=bins)
+        acc.update([1.0], [1], m, gt)
+        assert acc.compute()["pixel_AUPRO"] == pytest.approx(ref, abs=1e-12)
+        assert acc.error_bounds()["pixel_AUPRO"] == 0.0
 
 
 def test_trapezoid_limit_rules():
@@ -195,12 +276,41 @@ def test_binned_within_stated_error(aupro, bins):
         assert got[k] == exact[k]
 
 
+@pytest.mark.filterwarnings("ignore:image AUROC is undefined:RuntimeWarning")
+@pytest.mark.parametrize("kind", ["continuous", "constant", "clipped", "quantised", "fp16",
+                                  "one_pixel"])
+@pytest.mark.parametrize("aupro", M.AUPRO_VARIANTS)
+def test_binned_default_reproduces_exact_on_ties(kind, aupro):
+    """The default Evaluator path (binned, default bins) against the exact estimator, on
+    maps with ties: within 1e-3 and within a bound that is itself ≤ 1e-3; tied groups
+    (constant, 8-bit maps) exactly, with a zero bound."""
+    rng = np.random.default_rng(13)
+    maps, masks = smooth_set(rng, one_pixel=(kind == "one_pixel"))
+    maps = with_ties(kind, maps)
+    scores = maps.reshape(len(maps), -1).max(1)
+    labels = masks.any((1, 2))
+    exact = M.compute(scores, labels, maps, masks, aupro=aupro)
+    acc = M.MetricAccumulator(aupro=aupro)
+    assert acc.pixel_bins == M.DEFAULT_PIXEL_BINS
+    for i in range(0, len(maps), 3):
+        acc.update(scores[i:i + 3], labels[i:i + 3], maps[i:i + 3], masks[i:i + 3])
+    got, bound = acc.compute(), acc.error_bounds()
+    for k in M.PIXEL_KEYS:
+        err = abs(got[k] - exact[k])
+        assert err <= bound[k] + 1e-12, (k, err, bound[k])
+        assert bound[k] <= 1e-3 and err <= 1e-3, (k, err, bound[k])
+        if kind in ("constant", "quantised"):
+            assert err < 1e-12 and bound[k] == 0.0, (k, err, bound[k])
+
+
 def test_histogram_adapts_range_and_keeps_memory_bounded():
-    """Later batches far outside the first range: counts survive the bin merges, memory
-    stays 3 × bins, and the binned values stay within their bounds of the exact ones."""
+    """Later batches far outside the first range (one constant, one wide, one shifted):
+    counts survive the bin merges, memory stays fixed, tied groups stay exact and the
+    binned values stay within their bounds of the exact ones."""
     rng = np.random.default_rng(3)
     maps, masks = random_set(rng, n=9, h=16, w=16)
     maps = maps.astype(np.float64)
+    maps[0] = 0.5                                       # a constant first image
     maps[3:6] = maps[3:6] * 50 - 20                     # wider and negative
     maps[6:] += 1e3
     scores = maps.reshape(9, -1).max(1)
@@ -210,17 +320,39 @@ def test_histogram_adapts_range_and_keeps_memory_bounded():
     for i in range(9):
         acc.update(scores[i:i + 1], labels[i:i + 1], maps[i:i + 1], masks[i:i + 1])
         h = acc._store
-        size = h.neg.nbytes + h.pos.nbytes + h.w.nbytes
-        assert nbytes in (None, size)
-        nbytes = size
+        assert nbytes in (None, h.nbytes)
+        nbytes = h.nbytes
     h = acc._store
+    assert nbytes == 88 * 4096
     assert h.num_neg == (~masks).sum() and h.num_pos == masks.sum()
     assert h.width <= 2.05 * (maps.max() - maps.min()) / h.num_bins    # stated resolution
     assert h.w.sum() == pytest.approx(h.num_regions)
-    exact = M.compute(scores, labels, maps, masks)
-    got, bound = acc.compute(), acc.error_bounds()
-    for k in M.PIXEL_KEYS:
-        assert abs(got[k] - exact[k]) <= bound[k] + 1e-9
+    for variant in M.AUPRO_VARIANTS:
+        acc.aupro, acc.num_thresholds = variant, M.AUPRO_THRESHOLDS.get(variant)
+        exact = M.compute(scores, labels, maps, masks, aupro=variant)
+        got, bound = acc.compute(), acc.error_bounds()
+        for k in M.PIXEL_KEYS:
+            assert abs(got[k] - exact[k]) <= bound[k] + 1e-9, (variant, k)
+
+
+def test_quantised_maps_stay_exact_through_range_growth():
+    """8-bit maps whose range grows over the batches (bins merge twice): every bin still
+    holds at most two distinct values, so the binned metrics equal the exact ones."""
+    rng = np.random.default_rng(14)
+    maps, masks = smooth_set(rng, n=8, h=24, w=24)
+    maps = np.round(maps * 255) / 255
+    maps[:2] = np.clip(maps[:2], 0.4, 0.6)               # the first batches span less
+    maps[2:4] = np.clip(maps[2:4], 0.2, 0.8)
+    scores = maps.reshape(8, -1).max(1)
+    labels = masks.any((1, 2))
+    for variant in M.AUPRO_VARIANTS:
+        acc = M.MetricAccumulator(aupro=variant, pixel_bins=1024)
+        for i in range(0, 8, 2):
+            acc.update(scores[i:i + 2], labels[i:i + 2], maps[i:i + 2], masks[i:i + 2])
+        exact = M.compute(scores, labels, maps, masks, aupro=variant)
+        got, bound = acc.compute(), acc.error_bounds()
+        for k in M.PIXEL_KEYS:
+            assert abs(got[k] - exact[k]) < 1e-12 and bound[k] == 0.0, (variant, k)
 
 
 @pytest.mark.filterwarnings("ignore:.* is undefined:RuntimeWarning")
@@ -264,15 +396,89 @@ def test_bad_inputs_raise_clear_errors():
         acc.update([0.1, 0.2], [0, 1], bad, np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="NaN"):
         acc.update([np.nan, 0.2], [0, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        acc.update([0.1, 0.2], [0, 1], maps, -np.ones((2, 4, 4)))
+    with pytest.raises(TypeError, match="real numbers"):
+        acc.update(["0.1", "0.2"], [0, 1])
+    with pytest.raises(TypeError, match="real numbers"):
+        acc.update([0.1, 0.2], [0, 1], maps.astype(complex), np.zeros((2, 4, 4)))
+    assert acc.num_images == 0                                    # nothing half-added
     acc.update([0.1, 0.2], [0, 1], maps, np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="some updates"):
         acc.update([0.1, 0.2], [0, 1])
-    with pytest.raises(ValueError, match="aupro"):
-        M.MetricAccumulator(aupro="approx")
     with pytest.raises(ValueError, match="before any update"):
         M.MetricAccumulator().compute()
+    empty = M.MetricAccumulator()
+    empty.update([], [])
+    with pytest.raises(ValueError, match="before any update"):
+        empty.compute()
+    with pytest.raises(ValueError, match="no images"):
+        M.compute([], [])
     with pytest.raises(ValueError, match="3 pred_scores"):
         M.compute([0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(ValueError, match="expected \\[2, H, W\\]"):
+        M.compute([0.1, 0.2], [0, 1], np.zeros((3, 4, 4)), np.zeros((3, 4, 4)))
+
+
+@pytest.mark.parametrize("labels", [[0, -1], [0, 2], [0.0, 0.5], [1.0, float("nan")], ["0", "1"]])
+def test_labels_other_than_0_and_1_are_refused(labels):
+    """A label of −1 (a common "unknown"/"normal" code elsewhere) is not counted as normal."""
+    scores = [0.1, 0.9]
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        M.compute(scores, labels)
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        M.MetricAccumulator().update(scores, labels)
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        M.Evaluator().update(scores, labels, ["a_x", "a_x"])
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        M.auroc(scores, labels)
+
+
+def test_valid_label_forms_agree():
+    scores = np.array([0.1, 0.9, 0.4, 0.3])
+    ref = M.compute(scores, [0, 1, 1, 0])
+    for labels in ([False, True, True, False], [0.0, 1.0, 1.0, 0.0], np.array([0, 1, 1, 0], np.uint8),
+                   torch.tensor([0, 1, 1, 0])):
+        assert M.compute(scores, labels) == ref
+    with pytest.raises(ValueError, match="must be 0 \\(normal\\) or 1 \\(anomalous\\); got -1 at index 2"):
+        M.compute(scores, [0, 1, -1, 0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"aupro": "approx"}, "aupro must be one of"),
+    ({"aupro": "MVTec3D"}, "aupro must be one of"),
+    ({"aupro": "exact", "num_thresholds": 99}, "not to 'exact'"),
+    ({"aupro": "mvtec3d", "num_thresholds": 1}, "num_thresholds"),
+    ({"aupro": "mvtec3d", "num_thresholds": True}, "num_thresholds"),
+    ({"aupro": "cfm", "num_thresholds": 99.0}, "num_thresholds"),
+    ({"integration_limit": 0.0}, "integration_limit"),
+    ({"integration_limit": 1.5}, "integration_limit"),
+    ({"integration_limit": float("nan")}, "integration_limit"),
+    ({"integration_limit": "0.3"}, "integration_limit"),
+    ({"integration_limit": True}, "integration_limit"),
+    ({"pixel_bins": 1}, "pixel_bins"),
+    ({"pixel_bins": True}, "pixel_bins"),
+    ({"pixel_bins": 100.0}, "pixel_bins"),
+])
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        M.MetricAccumulator(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        M.Evaluator(**kwargs)
+
+
+def test_evaluator_refuses_bad_names_and_shapes():
+    ev = M.Evaluator()
+    with pytest.raises(TypeError, match="class_names must be a sequence"):
+        ev.update([0.1, 0.2, 0.3], [0, 1, 0], "abc")           # a bare string is not a list
+    with pytest.raises(TypeError, match="class_names\\[1\\] must be a str"):
+        ev.update([0.1, 0.2], [0, 1], ["a_x", 3])
+    with pytest.raises(ValueError, match="anomaly_maps of shape"):
+        ev.update([0.1, 0.2], [0, 1], ["a_x", "a_x"], None, np.zeros((3, 4, 4)), np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match="chunk_size"):
+        M.compute([0.1, 0.2], [0, 1], chunk_size=0)
+    with pytest.raises(TypeError, match="image_score"):
+        M.Evaluator(image_score=3)
 
 
 # ----------------------------------------------------------------------------- report
@@ -307,11 +513,12 @@ def test_evaluator_report_and_writers(tmp_path):
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["class"] for r in rows] == ["bottle_mvtec", "cable_mvtec", "mean", "candle_visa",
                                           "mean", "mean_of_classes", "mean_of_datasets"]
-    assert rows[0]["aupro_estimator"].startswith("mvtec3d (99 thresholds")
+    assert rows[0]["aupro_estimator"].startswith("mvtec3d (100 thresholds")
     assert rows[0]["image_score"] == "top-1% mean"
     assert rows[0]["pixel_estimator"] == "binned(1024)"
     data = json.load(open(paths["json"]))
     assert data["meta"]["aupro"] == "mvtec3d" and len(data["per_class"]) == 3
+    assert data["meta"]["num_thresholds"] == 100 and "MVTec 3D-AD" in data["meta"]["aupro_source"]
     assert data["mean_of_datasets"]["pixel_AUPRO"] == pytest.approx(rep.mean_of_datasets["pixel_AUPRO"])
     md = open(paths["md"]).read()
     assert "AUPRO estimator: mvtec3d" in md and "image score: top-1% mean" in md

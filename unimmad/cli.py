@@ -1,4 +1,5 @@
-"""Command line: ``unimmad train | eval | predict | bench | demo`` (also
+"""Command line: ``unimmad train | eval | predict | export | bench | demo |
+convert-release`` (also
 ``python -m unimmad ...``).  ``unimmad <command> --help`` explains every option."""
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def _config_help() -> str:
         _fields_help(TrainConfig),
         "  data:   train: [{name, root, classes?, split?, ...}], test: [...],",
         "          loss_weights: {dataset: weight}, replay: {earlier: [...], fraction: 0.01}",
+        "          preprocess: Preprocess fields, e.g. the authors' release's depth rule",
+        "          {depth_fill: mean, depth_norm: center}",
         "          names: mvtec, visa, mvtec3d, eyecandies, mulsen, brats, hyperkvasir,",
         "          retinaloct, liverct, meta (the authors' meta.json index)",
         "  eval:   " + ", ".join(f"{k}={v!r}" for k, v in DEFAULT_EVAL.items()),
@@ -49,20 +52,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(checkpoint: str, device: str, accelerate: bool):
-    import torch
-    from .config import UniMMADConfig
-    from .engine.checkpoint import load_checkpoint
+    """The model of a checkpoint (folder or its config.json; old .pt read weights-only),
+    verified and shape-checked by the one checkpoint reader."""
+    from .engine.checkpoint import load_weights
     from .engine.trainer import resolve_device
-    from .models.model import UniMMAD
-    ckpt = load_checkpoint(checkpoint)
-    cfg = UniMMADConfig.from_dict(ckpt["model_config"]).replace(backbone_weights=None,
-                                                                encoder_from_pretrained=False)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # weights come from the checkpoint
-        model = UniMMAD(cfg)
-    model.load_state_dict(ckpt["model"])
-    model.to(resolve_device(device)).eval()
+    model = load_weights(checkpoint, device=resolve_device(device))
     if accelerate:
         from . import accelerate as _accelerate
         _accelerate(model)
@@ -80,17 +74,20 @@ def cmd_train(args) -> int:
     mcfg = build_model_config(run)
     tcfg = TrainConfig.from_dict(run.get("train") or {})
     data = run.get("data") or {}
-    train_set = build_datasets(data.get("train"), "train", mcfg, data.get("loss_weights"))
+    train_set = build_datasets(data.get("train"), "train", mcfg, data.get("loss_weights"),
+                               preprocess=data.get("preprocess"))
     replay = data.get("replay")
     if replay:
         from .engine.continual import ReplayDataset
-        earlier = build_datasets(replay.get("earlier"), "train", mcfg, data.get("loss_weights"))
+        earlier = build_datasets(replay.get("earlier"), "train", mcfg, data.get("loss_weights"),
+                                 preprocess=data.get("preprocess"))
         train_set = ReplayDataset(train_set, [earlier], replay.get("fraction", 0.01))
     torch.manual_seed(tcfg.seed)
     model = UniMMAD(mcfg)
     if args.init:
-        from .engine.checkpoint import load_checkpoint
-        model.load_state_dict(load_checkpoint(args.init)["model"])
+        from .engine.checkpoint import apply_model_state, load_checkpoint
+        ckpt = load_checkpoint(args.init)
+        apply_model_state(model, ckpt["model"], ckpt["source"])
     trainer = Trainer(model, train_set, tcfg, info)
     if args.resume:
         trainer.resume(args.resume)
@@ -103,7 +100,8 @@ def cmd_train(args) -> int:
               f"process(es), epochs {trainer.epoch}->{tcfg.epochs}", file=sys.stderr)
     trainer.fit()
     if info.is_main:
-        print(f"[unimmad train] checkpoint: {os.path.join(tcfg.out_dir, 'last.pt')}")
+        print(f"[unimmad train] training state (--resume): {trainer.checkpoint_path}\n"
+              f"[unimmad train] weights (eval, predict, sharing): {trainer.weights_path}")
     return 0
 
 
@@ -118,8 +116,11 @@ def cmd_eval(args) -> int:
     ev = dict(DEFAULT_EVAL, **(run.get("eval") or {}))
     model = _load_model(args.checkpoint, args.device, ev["accelerate"])
     data = run.get("data") or {}
-    test = build_datasets(data.get("test"), "test", model.config)
-    out_dir = ev["out_dir"] or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    test = build_datasets(data.get("test"), "test", model.config,
+                          preprocess=data.get("preprocess"))
+    folder = args.checkpoint if os.path.isdir(args.checkpoint) or args.checkpoint.endswith(
+        (".pt", ".pth")) else os.path.dirname(os.path.abspath(args.checkpoint))
+    out_dir = ev["out_dir"] or os.path.join(os.path.dirname(os.path.abspath(folder)), "eval")
     report = evaluate(model, test, out_dir, ev["batch_size"], ev["aupro"], ev["pixel_bins"],
                       ev["overlays"], ev["num_workers"])
     print(report.to_markdown())
@@ -139,6 +140,58 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import torch
+    from .export import export_onnx, save_torch, verify_export
+    if args.checkpoint:
+        if args.config or args.overrides:
+            raise ValueError("export: give either --checkpoint or --config/--set (a fresh "
+                             "model), not both")
+        model = _load_model(args.checkpoint, "cpu", accelerate=False)
+        source = args.checkpoint
+    else:
+        from .engine.runconfig import build_model_config, load_run_config
+        from .models.model import UniMMAD
+        cfg = build_model_config(load_run_config(args.config, args.overrides))
+        torch.manual_seed(args.seed)
+        model = UniMMAD(cfg).eval()
+        source = f"a fresh model (seed {args.seed}, no checkpoint)"
+    out = args.out or ("model.onnx" if args.format == "onnx" else "model.pt2")
+    per = "modality" if args.modalities == 1 else "modalities"
+    print(f"[unimmad export] {source} -> {out} ({args.format}, {args.modalities} {per} "
+          "per sample)", file=sys.stderr)
+    if args.format == "onnx":
+        try:
+            export_onnx(model, out, args.modalities, args.batch_size, routing=args.routing)
+        except ImportError as exc:  # the optional onnx extra is missing
+            print(f"unimmad export: error: {exc}", file=sys.stderr)
+            return 2
+        shape = f"[{args.batch_size}, {args.modalities}, 3, S, S]"
+    else:
+        save_torch(model, out, args.modalities, routing=args.routing)
+        shape = f"[B, {args.modalities}, 3, S, S] (any B)"
+    S = model.config.image_size
+    print(f"[unimmad export] input images {shape.replace('S', str(S))} float32; outputs "
+          f"anomaly_map, pred_score{', routing_*' if args.routing else ''}", file=sys.stderr)
+    if args.no_check:
+        return 0
+    check = verify_export(model, out, args.format, args.modalities,
+                          args.batch_size if args.format == "onnx" else 3)
+    if check is None:
+        print("[unimmad export] check skipped: onnxruntime is not installed "
+              "(pip install -e \".[onnx]\")", file=sys.stderr)
+        return 0
+    routing = {None: "", True: ", routing identical", False: ", routing DIFFERENT"}
+    print(f"[unimmad export] check against the PyTorch model (batch {check['batch_size']}): "
+          f"map rel. err {check['map_rel_err']:.2e}, score rel. err "
+          f"{check['score_rel_err']:.2e}{routing[check['routing_equal']]}", file=sys.stderr)
+    if not check["ok"]:
+        print(f"unimmad export: error: the exported model disagrees with the PyTorch model "
+              f"(tolerance {check['tol']:.0e})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .engine.demo import run_demo
     report = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
@@ -148,10 +201,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert_release(args) -> int:
+    from .engine.checkpoint import convert_release
+    report = convert_release(args.checkpoint_dir, args.backbone_weights, args.out)
+    print(report.summary(), file=sys.stderr)
+    print(f"[unimmad convert-release] wrote {args.out}/model.safetensors and config.json; use "
+          f"it as `unimmad eval --checkpoint {args.out} ...`", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unimmad", description="UniMMAD anomaly detection: train, evaluate, predict, "
-        "benchmark, and a self-contained demo.")
+        "export, benchmark, and a self-contained demo.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
@@ -162,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "DistributedDataParallel (same result as one process with the same "
                        "global batch).")
     _add_run_args(p)
-    p.add_argument("--resume", help="checkpoint to continue exactly (optimizer, schedule, RNG)")
+    p.add_argument("--resume", help="training-state folder to continue exactly (model, "
+                   "optimizer, schedule, RNG), e.g. runs/unimmad/last")
     p.add_argument("--init", help="checkpoint whose weights initialise the model (e.g. before "
-                   "continual learning with train.continual=true)")
+                   "continual learning with train.continual=true), e.g. runs/old/weights")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the configured test data",
@@ -172,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per-class image and pixel metrics, means per dataset and "
                        "overall (CSV/JSON/Markdown), and PNG overlays of each class's highest- "
                        "and lowest-scored items.")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by unimmad train")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
+                   "train (runs/x/weights or runs/x/last), its config.json, or a weights folder written by "
+                   "unimmad convert-release")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_run_args(p)
     p.set_defaults(func=cmd_eval)
@@ -181,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Each ITEM is 1-4 comma-separated files, one per modality "
                        "(e.g. rgb.png,xyz.tiff). Writes maps (PNG and .npy) and scores.csv.")
     p.add_argument("items", nargs="+", metavar="ITEM", help="file[,file...] of one item")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by unimmad train")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
+                   "train (runs/x/weights or runs/x/last), its config.json, or a weights folder written by "
+                   "unimmad convert-release")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--modalities", help="comma list naming each file's modality (rgb, depth, "
                    "infrared, ct, oct, endoscopy, flair, t1, t1ce, t2; default: depth for "
@@ -190,6 +257,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-accelerate", action="store_true", help="run the reference model")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the inference model (ONNX or torch.export)",
+                       description="Exports images [B, M, 3, S, S] -> (anomaly_map [B, S, S], "
+                       "pred_score [B]) for a fixed number M of modalities per sample (the "
+                       "reference PyTorch path; no training, no mixed modality counts). ONNX "
+                       "models have a fixed batch size, torch.export programs (.pt2) take any. "
+                       "The model comes from --checkpoint, or is built fresh from "
+                       "--config/--set (e.g. --set preset=tiny) for testing. Afterwards the "
+                       "exported model is run once against the PyTorch model (onnxruntime "
+                       "for ONNX) and the errors are printed. ONNX needs pip install -e "
+                       "\".[onnx]\".")
+    p.add_argument("--format", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (.onnx file, the default) or torch (torch.export program, .pt2)")
+    p.add_argument("--checkpoint", help="a checkpoint written by unimmad train")
+    p.add_argument("--config", help="run config file (YAML or JSON) of a fresh model "
+                   "(see unimmad train --help)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides of that config, e.g. preset=tiny model.top_k=1")
+    p.add_argument("--modalities", type=int, required=True, metavar="M",
+                   help="modalities per sample the exported model takes (1..max_modalities)")
+    p.add_argument("--out", help="output file (default: model.onnx / model.pt2)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch size of an ONNX model (default: 1; torch programs take any)")
+    p.add_argument("--routing", action="store_true",
+                   help="also output each C-MoE level and branch's chosen leaders (debug)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="weight seed of a fresh model (default: 0)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the exported model against the PyTorch model")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark inference on generated inputs",
                        description=bench.DESCRIPTION,
@@ -208,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of data, weights and sampling")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert-release", help="convert the authors' released checkpoint",
+                       description="Read a checkpoint folder of the authors' release (the "
+                       "folder accelerate's save_state wrote, e.g. epoch_199/: model.safetensors, "
+                       "model_1.safetensors, model_2.safetensors, or the older "
+                       "pytorch_model*.bin) plus the ImageNet WideResNet50-2 file of its prior "
+                       "generator, and write the model as a weights folder (model.safetensors + "
+                       "config.json) that `unimmad eval` and `unimmad predict` take as "
+                       "--checkpoint. Only the 2026.5 (latest) release loads; layer4, "
+                       "conv_out_second and prior_head are the only tensors left unused.")
+    p.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="the release's folder")
+    p.add_argument("--backbone-weights", required=True, metavar="FILE",
+                   help="ImageNet WideResNet50-2 weights (the release's "
+                   "checkpoints/wide_resnet50_2.safetensors, or a torchvision .pth)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_convert_release)
     return parser
 
 

@@ -81,14 +81,19 @@ def check_features(priors, predictions, unit_to_sample) -> None:
 def check_num_samples(unit_to_sample: torch.Tensor, num_samples: Optional[int]) -> int:
     """``B``: ``num_samples`` (a non-negative int) or, by default, ``max + 1`` (a host
     sync).  On the CPU also checks that every index lies in ``[0, B)``; on CUDA that check
-    would need a host sync and is skipped (units outside are ignored by the map)."""
+    would need a host sync, and while tracing (``torch.compile`` / ``torch.export``) it
+    would be a data-dependent guard, so it is skipped there (units outside are ignored by
+    the fused map)."""
     if num_samples is None:
         if unit_to_sample.numel() == 0:
             raise ValueError("num_samples is needed when there are no units")
         B = int(unit_to_sample.max()) + 1
+    elif isinstance(num_samples, torch.SymInt):
+        return num_samples  # a symbolic batch under torch.export: int() would specialise it
     else:
         B = check_int("num_samples", num_samples, low=0)
-    if unit_to_sample.device.type == "cpu" and unit_to_sample.numel():
+    if (unit_to_sample.device.type == "cpu" and unit_to_sample.numel()
+            and not torch.compiler.is_compiling()):
         lo, hi = int(unit_to_sample.min()), int(unit_to_sample.max())
         if lo < 0 or hi >= B:
             raise ValueError(f"unit_to_sample values must lie in [0, {B}) (num_samples={B}), "

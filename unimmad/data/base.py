@@ -19,17 +19,25 @@ Readers index their files when constructed (cheap: names and folders only, excep
 label needs a small side file) and read and preprocess one sample per ``__getitem__``; no
 file handle, cache or random state is kept, so any number of DataLoader workers is safe.
 
-Bad input: a missing folder or file, an unreadable or truncated file, a mask whose size
-differs from its image, or a class with no image raises a :class:`~unimmad.data.io.DataError`
-that names the path.  ``skip_broken=True`` instead reads every sample once at construction
-(with a progress bar), drops the ones that fail, logs how many (logger ``unimmad.data``) and
-keeps them in ``dataset.skipped``.
+Bad input: a missing folder or file, a broken symbolic link, an unreadable or truncated
+file, a decompression bomb, a side file with fields of the wrong type, a mask whose size
+differs from its image, modalities of a pixel-aligned dataset whose sizes differ (they are
+never resized into alignment), or a class with no image raises a
+:class:`~unimmad.data.io.DataError` that names the file (both files where two disagree).
+``skip_broken=True`` instead reads every sample once at construction (with a progress bar),
+drops the ones that fail and lists *every* dropped file with its reason in
+``dataset.skipped`` (``[(path, message)]``) and in one warning of logger ``unimmad.data``.
+
+Class names are the ones of the authors' release (e.g. ``retinal_edema``, ``brats``); each
+reader's ``CLASS_ALIASES`` maps older names (``retina``, ``brain``) to them for
+``classes=``.
 """
 from __future__ import annotations
 
 import abc
-
 import logging
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +47,8 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .io import DataError, DataLayoutError, read_image, read_mask, read_tiff, require_dir
+from .io import (DataError, DataLayoutError, DataReadError, list_entries, list_images,
+                 missing_path_error, read_image, read_mask, read_tiff, require_dir)
 from .preprocess import ModalityImage, Preprocess, depth_from_xyz, process_mask, stack_modalities
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "loss_weight_for", "Record", "AnomalyDataset", "logger"]
@@ -55,10 +64,12 @@ def loss_weight_for(dataset: str, weights: Optional[Mapping[str, float]] = None)
     """The loss weight of ``dataset`` from ``weights`` (default :data:`DEFAULT_LOSS_WEIGHTS`),
     1.0 when not listed."""
     table = DEFAULT_LOSS_WEIGHTS if weights is None else weights
-    w = float(table.get(dataset, 1.0))
-    if not np.isfinite(w) or w < 0:
-        raise ValueError(f"loss weight of dataset {dataset!r} must be finite and >= 0, got {w}")
-    return w
+    w = table.get(dataset, 1.0)
+    if not isinstance(w, numbers.Real) or isinstance(w, (bool, np.bool_)) \
+            or not np.isfinite(float(w)) or float(w) < 0:
+        raise ValueError(f"loss weight of dataset {dataset!r} must be a number, finite and >= 0, "
+                         f"got {w!r}")
+    return float(w)
 
 
 @dataclass(frozen=True)
@@ -103,44 +114,82 @@ class AnomalyDataset(Dataset, abc.ABC):
     dataset_name = "generic"
     SPLITS: Tuple[str, ...] = ("train", "test")
     SPLIT_ALIASES: Mapping[str, str] = {}
+    #: Older class names → the release's (accepted in ``classes=``).
+    CLASS_ALIASES: Mapping[str, str] = {}
+    #: Whether the modalities of one sample are pixel-aligned (same H×W required).
+    aligned_modalities = False
 
     def __init__(self, root, split: str = "train", *, classes: Optional[Sequence[str]] = None,
                  preprocess: Optional[Preprocess] = None, loss_weight: Optional[float] = None,
                  skip_broken: bool = False, dataset_name: Optional[str] = None,
                  progress: Optional[bool] = None):
         super().__init__()
+        name = type(self).__name__
         if dataset_name is not None:
-            self.dataset_name = str(dataset_name)
-        self.root = require_dir(root, f"{type(self).__name__} dataset folder")
+            if not isinstance(dataset_name, str) or not dataset_name:
+                raise TypeError(f"{name}: dataset_name must be a non-empty str, got {dataset_name!r}")
+            self.dataset_name = dataset_name
+        if not isinstance(split, str):
+            raise TypeError(f"{name}: split must be a str, got {split!r}")
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"{name}: root must be a path (str or os.PathLike), got {root!r}")
+        for flag, value in (("skip_broken", skip_broken), ("progress", progress)):
+            if not (isinstance(value, bool) or (flag == "progress" and value is None)):
+                raise TypeError(f"{name}: {flag} must be True or False, got {value!r}")
+        self.root = require_dir(root, f"{name} dataset folder")
         split = self.SPLIT_ALIASES.get(split, split)
         if split not in self.SPLITS:
-            raise ValueError(f"{type(self).__name__}: split must be one of {self.SPLITS}, got {split!r}")
+            raise ValueError(f"{name}: split must be one of {self.SPLITS}, got {split!r}")
         self.split = split
         self.preprocess = preprocess if preprocess is not None else Preprocess()
         if not isinstance(self.preprocess, Preprocess):
             raise TypeError("preprocess must be a unimmad.data.Preprocess")
         self.loss_weight = (loss_weight_for(self.dataset_name) if loss_weight is None
                             else loss_weight_for(self.dataset_name, {self.dataset_name: loss_weight}))
-        self.skip_broken = bool(skip_broken)
+        self.skip_broken = skip_broken
         self.progress = progress
         self.skipped: List[Tuple[str, str]] = []
         self.class_dirs: Dict[str, Path] = {}
-        records = list(self._index(list(classes) if classes is not None else None))
+        records = list(self._index(self._resolve_classes(classes)))
         if self.skip_broken:
             records = self._drop_broken(records)
         self.records: List[Record] = records
         self._check_classes()
+
+    def _resolve_classes(self, classes) -> Optional[List[str]]:
+        """``classes=`` checked (a sequence of str) with :attr:`CLASS_ALIASES` applied."""
+        if classes is None:
+            return None
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+            raise TypeError(f"{type(self).__name__}: classes must be a list of class names, got "
+                            f"{classes!r}")
+        out = []
+        for c in classes:
+            if not isinstance(c, str):
+                raise TypeError(f"{type(self).__name__}: class names must be str, got {c!r}")
+            out.append(self.CLASS_ALIASES.get(c, c))
+        return list(dict.fromkeys(out))                    # each class once
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
     def _index(self, classes: Optional[List[str]]) -> Iterable[Record]:
         """Yield the split's records; fill ``self.class_dirs`` {class: folder}."""
 
+    #: Rule for the invalid points of organised point clouds (``.tiff`` depth), see
+    #: :func:`~unimmad.data.preprocess.depth_from_xyz`.
+    invalid_points = "any_zero"
+
     def read_modality(self, modality: str, path: str, record: Record) -> ModalityImage:
         """Read one modality file (default: images via Pillow, ``.tiff`` depth as an
-        organised point cloud's z)."""
+        organised point cloud's z, invalid points by :attr:`invalid_points`)."""
         if modality == "depth" and path.lower().endswith((".tif", ".tiff")):
-            z, valid = depth_from_xyz(read_tiff(path))
+            xyz = read_tiff(path)
+            if xyz.ndim == 3 and xyz.shape[2] != 3 and xyz.shape[0] == 3:
+                xyz = np.moveaxis(xyz, 0, 2)                 # a planar (3, H, W) TIFF
+            if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.number):
+                raise DataReadError(path, f"an organised point cloud must be a numeric [H, W, 3] "
+                                    f"array, got {xyz.dtype} {xyz.shape}")
+            z, valid = depth_from_xyz(xyz, self.invalid_points)
             return ModalityImage("depth", z, valid, path)
         return ModalityImage(modality, read_image(path), None, path)
 
@@ -154,6 +203,32 @@ class AnomalyDataset(Dataset, abc.ABC):
             raise err
         self.skipped.append((err.path, str(err)))
 
+    def _images(self, folder) -> List[Path]:
+        """Image files of a folder; broken links and non-files go to :meth:`_problem`."""
+        return list_images(folder, on_problem=self._problem)
+
+    def _optional_file(self, path: Path, what: str) -> Tuple[bool, Optional[Path]]:
+        """``(usable, path or None)`` for a file that may be absent (e.g. the all-zero mask
+        of a good image): absent → ``(True, None)``; a broken link or a folder in its place
+        goes to :meth:`_problem` → ``(False, None)``."""
+        if path.is_file():
+            return True, path
+        if not path.exists() and not path.is_symlink():
+            return True, None
+        self._problem(missing_path_error(path, what))
+        return False, None
+
+    def _subdirs(self, folder) -> List[Path]:
+        """Sub-folders of a folder (natural order, hidden ones left out); a broken symbolic
+        link among them with a folder-like name (no extension) goes to :meth:`_problem`."""
+        out = []
+        for p in list_entries(folder):
+            if p.is_dir():
+                out.append(p)
+            elif p.is_symlink() and not p.exists() and not p.suffix:
+                self._problem(missing_path_error(p, "folder"))   # a class / defect / case folder
+        return out
+
     def _discover_classes(self, classes: Optional[List[str]], marker=None) -> List[str]:
         """Class folders under ``root`` (those holding ``marker`` when given), or check the
         requested ones exist."""
@@ -161,9 +236,8 @@ class AnomalyDataset(Dataset, abc.ABC):
             for c in classes:
                 require_dir(self.root / c, f"{self.dataset_name} class folder")
             return list(classes)
-        found = sorted(p.name for p in self.root.iterdir()
-                       if p.is_dir() and not p.name.startswith(".")
-                       and (marker is None or (p / marker).exists()))
+        found = sorted(p.name for p in self._subdirs(self.root)
+                       if marker is None or (p / marker).exists())
         if not found:
             raise DataLayoutError(self.root, f"no {self.dataset_name} class folder found"
                                   + (f" (folders containing '{marker}')" if marker else ""))
@@ -191,14 +265,14 @@ class AnomalyDataset(Dataset, abc.ABC):
         for r in self._bar(records, f"verifying {self.dataset_name}/{self.split}"):
             try:
                 self._load(r)
-            except (DataError, ValueError) as e:
-                self.skipped.append((getattr(e, "path", r.files[0][1]), str(e)))
+            except DataError as e:
+                self.skipped.append((e.path, str(e)))
                 continue
             keep.append(r)
         if self.skipped:
-            logger.warning("%s/%s: skipped %d broken sample(s) of %d; first: %s",
+            logger.warning("%s/%s: skipped %d broken sample(s) of %d:\n  %s",
                            self.dataset_name, self.split, len(self.skipped), total,
-                           self.skipped[0][1])
+                           "\n  ".join(msg for _, msg in self.skipped))
         return keep
 
     def verify(self) -> List[Tuple[str, str]]:
@@ -207,39 +281,60 @@ class AnomalyDataset(Dataset, abc.ABC):
         for r in self._bar(self.records, f"verifying {self.dataset_name}/{self.split}"):
             try:
                 self._load(r)
-            except (DataError, ValueError) as e:
-                bad.append((getattr(e, "path", r.files[0][1]), str(e)))
+            except DataError as e:
+                bad.append((e.path, str(e)))
         return bad
 
     # ------------------------------------------------------------------ sample
     def _load(self, r: Record):
-        mods = [self.read_modality(m, p, r) for m, p in r.files]
-        mask = self.read_mask(r)
+        """Read and preprocess one record: ``(images, num_modalities, mask tensor,
+        modality names)``.  Every failure is a :class:`DataError` naming a file."""
+        try:
+            mods = [self.read_modality(m, p, r) for m, p in r.files]
+            mask = self.read_mask(r)
+        except DataError:
+            raise
+        except Exception as e:            # a reader or library error: name the sample's file
+            raise DataReadError(r.files[0][1], f"cannot read sample ({type(e).__name__}: {e})") from e
+        if self.aligned_modalities:
+            ref = mods[0]
+            for m in mods[1:]:
+                if m.hw != ref.hw:
+                    raise DataLayoutError(
+                        m.source, f"{m.name} size {m.hw} differs from the size {ref.hw} of its "
+                        f"{ref.name} {ref.source}; the modalities of a {self.dataset_name} sample "
+                        "are pixel-aligned and are not resized into alignment")
         if mask is not None:
             ref = mods[r.mask_modality]
             if tuple(mask.shape[:2]) != ref.hw:
                 raise DataLayoutError(
                     r.mask, f"mask size {tuple(mask.shape[:2])} differs from the size "
                     f"{ref.hw} of its image {ref.source}")
-        return mods, mask
+        try:
+            images, n = stack_modalities(mods, self.preprocess)
+            mask_t = process_mask(mask, self.preprocess)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataReadError(r.files[0][1], f"cannot preprocess sample ({e})") from e
+        return images, n, mask_t, [m.name for m in mods]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         r = self.records[index]
-        mods, mask = self._load(r)
-        images, n = stack_modalities(mods, self.preprocess)
+        images, n, mask, names = self._load(r)
         return {
             "images": images,
             "num_modalities": n,
-            "mask": process_mask(mask, self.preprocess),
+            "mask": mask,
             "label": int(r.label),
             "class_name": self.full_class_name(r.cls, r.dataset),
             "dataset": r.dataset or self.dataset_name,
             "loss_weight": self.loss_weight_of(r),
             "path": r.files[0][1],
-            "modalities": "+".join(m.name for m in mods),
+            "modalities": "+".join(names),
         }
 
     # ------------------------------------------------------------------ info

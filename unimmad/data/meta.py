@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
 from .base import DEFAULT_LOSS_WEIGHTS, AnomalyDataset, Record, loss_weight_for
-from .io import DataLayoutError, DataReadError, MissingPathError, read_npy
+from .io import (DataLayoutError, DataReadError, MissingPathError, contained_path,
+                 missing_path_error, read_npy)
 from .preprocess import ModalityImage
 
 __all__ = ["MetaJsonDataset", "RELEASE_DATASET_ALIASES"]
@@ -24,6 +25,23 @@ RELEASE_DATASET_ALIASES: Mapping[str, str] = {
 _TYPES = {"rgb": "rgb", "gray": "gray", "depth": "depth", "wofg_depth": "depth"}
 
 
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _strings(value) -> Optional[List[str]]:
+    """A string or a non-empty list of strings as a list; ``None`` for anything else."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+_LABEL_WORDS = {"0": 0, "1": 1, "normal": 0, "good": 0, "anomaly": 1, "anomalous": 1}
+
+
 class MetaJsonDataset(AnomalyDataset):
     """Samples listed in a ``meta.json`` index (the format the authors' release reads)::
 
@@ -35,7 +53,10 @@ class MetaJsonDataset(AnomalyDataset):
                 "mask_path": "rel/mask.png" | "" | null,
                 "cls_name": "<class>_<dataset>", "anomaly": 0 | 1, ...}
 
-    Paths are relative to ``root``.  Image types: ``rgb`` (photograph), ``gray`` (replicated
+    Paths are relative to ``root`` (absolute ones are taken as they are) and, once resolved
+    (``..`` and symlinks followed), must lie inside ``root``: an entry pointing elsewhere is
+    refused naming the index, the entry and the root, unless ``allow_outside_root=True``.
+    Image types: ``rgb`` (photograph), ``gray`` (replicated
     to 3 channels), ``depth`` (``.npy`` ``[H, W, C]``: channel 0 depth, last channel the
     foreground mask — background pixels are invalid) and ``wofg_depth`` (``.npy``, every
     pixel valid); ``.tif(f)`` depth files are read as organised point clouds.  Depth is
@@ -45,19 +66,33 @@ class MetaJsonDataset(AnomalyDataset):
     from ``loss_weights`` (by that suffix) or else from :data:`DEFAULT_LOSS_WEIGHTS` through
     :data:`RELEASE_DATASET_ALIASES`.
 
+    Field types are checked: ``img_path`` a string or a list of strings, ``img_type`` the
+    same (one per path), ``mask_path`` a string or null, ``specie_name`` a string or null,
+    and the label ``anomaly`` (or ``label``) one of ``true``/``false``, ``0``/``1`` or the
+    strings ``"0"``, ``"1"``, ``"normal"``, ``"good"``, ``"anomaly"``, ``"anomalous"``
+    (anything else — ``2``, ``0.5``, ``"yes"`` — is refused; a test item must carry it, a
+    train item without one is normal).  A wrong entry raises
+    :class:`~unimmad.data.io.DataLayoutError` naming the index and the entry
+    (``test/bagel_mvtec3d[4]``), or is skipped and listed with ``skip_broken=True``.
+
     Args:
         meta_file: the index, relative to ``root`` or absolute (default ``meta.json``).
         classes: ``<class>_<dataset>`` keys to read (default all of the split).
         loss_weights: ``{dataset suffix: weight}``.
+        allow_outside_root: accept image and mask paths that resolve outside ``root``.
     """
 
     dataset_name = "meta"
     SPLITS = ("train", "test")
 
     def __init__(self, root, split: str = "train", *, meta_file: str = "meta.json",
-                 loss_weights: Optional[Mapping[str, float]] = None, **kwargs):
+                 loss_weights: Optional[Mapping[str, float]] = None,
+                 allow_outside_root: bool = False, **kwargs):
         self.meta_file = meta_file
         self.loss_weights = None if loss_weights is None else dict(loss_weights)
+        if not isinstance(allow_outside_root, bool):
+            raise TypeError(f"allow_outside_root must be True or False, got {allow_outside_root!r}")
+        self.allow_outside_root = allow_outside_root
         super().__init__(root, split, **kwargs)
 
     def _index(self, classes):
@@ -77,54 +112,95 @@ class MetaJsonDataset(AnomalyDataset):
         names = list(table) if classes is None else list(classes)
         out = []
         for name in names:
-            if name not in table:
-                raise DataLayoutError(path, f"class '{name}' is not in the '{self.split}' split")
+            if not isinstance(name, str) or name not in table:
+                raise DataLayoutError(path, f"class {name!r} is not in the '{self.split}' split")
             items = table[name]
             if not isinstance(items, list) or not items:
-                raise DataLayoutError(path, f"class '{name}' has no {self.split} item")
+                raise DataLayoutError(path, f"{self.split}/{name}: expected a non-empty list of "
+                                            f"items, got {_describe(items)}")
             cls, ds = name.rsplit("_", 1) if "_" in name else (name, "meta")
             for i, item in enumerate(items):
-                rec = self._record(path, name, cls, ds, i, item)
-                if rec is not None:
-                    out.append(rec)
+                try:
+                    rec = self._record(path, name, cls, ds, i, item)
+                except (DataLayoutError, MissingPathError) as e:
+                    self._problem(e)
+                    continue
+                out.append(rec)
         return out
 
-    def _record(self, meta_path, name, cls, ds, i, item) -> Optional[Record]:
+    def _record(self, meta_path, name, cls, ds, i, item) -> Record:
         where = f"{self.split}/{name}[{i}]"
-        if not isinstance(item, dict) or "img_path" not in item:
-            self._problem(DataLayoutError(meta_path, f"{where}: item needs an 'img_path'"))
-            return None
-        paths = item["img_path"]
-        paths = [paths] if isinstance(paths, str) else list(paths)
-        types = item.get("img_type", ["rgb"] * len(paths))
-        types = [types] if isinstance(types, str) else list(types)
-        if len(types) != len(paths) or not paths:
-            self._problem(DataLayoutError(meta_path, f"{where}: {len(paths)} paths, {len(types)} types"))
-            return None
+
+        def bad(message):
+            return DataLayoutError(meta_path, f"{where}: {message}")
+
+        if not isinstance(item, dict):
+            raise bad(f"an item must be a mapping, got {_describe(item)}")
+        if "img_path" not in item:
+            raise bad("item needs an 'img_path'")
+        paths = _strings(item["img_path"])
+        if paths is None:
+            raise bad(f"img_path must be a path string or a non-empty list of them, got "
+                      f"{_describe(item['img_path'])}")
+        types = _strings(item.get("img_type", ["rgb"] * len(paths)))
+        if types is None:
+            raise bad(f"img_type must be a string or a list of strings, got "
+                      f"{_describe(item['img_type'])}")
+        if len(types) != len(paths):
+            raise bad(f"{len(paths)} paths, {len(types)} types")
         if len(paths) > self.preprocess.max_modalities:
-            self._problem(DataLayoutError(
-                meta_path, f"{where}: {len(paths)} modalities > {self.preprocess.max_modalities}"))
-            return None
+            raise bad(f"{len(paths)} modalities > {self.preprocess.max_modalities}")
         files = []
-        for p, t in zip(paths, types):
-            if str(t).lower() not in _TYPES:
-                self._problem(DataLayoutError(meta_path, f"{where}: unknown img_type {t!r}"))
-                return None
-            full = self.root / p
-            if not full.is_file():
-                self._problem(MissingPathError(full, f"image listed in {meta_path} ({where}) not found"))
-                return None
-            files.append((str(t).lower(), str(full)))
-        label = int(bool(item.get("anomaly", item.get("label", 0))))
+        for k, (p, t) in enumerate(zip(paths, types)):
+            if t.lower() not in _TYPES:
+                raise bad(f"unknown img_type {t!r} (known: {sorted(_TYPES)})")
+            full = contained_path(self.root, p, index=meta_path, where=f"{where}.img_path[{k}]",
+                                  what="image path", allow_outside_root=self.allow_outside_root)
+            if not full.is_file():   # reported at the listed path: a broken link says so
+                raise missing_path_error(self.root / p, f"image listed in {meta_path} ({where})")
+            files.append((t.lower(), str(full)))
+        label = self._label(item, bad)
+        mask_entry = item.get("mask_path")
+        if mask_entry is not None and not isinstance(mask_entry, str):
+            raise bad(f"mask_path must be a path string, \"\" or null, got {_describe(mask_entry)}")
         mask = None
-        if label and item.get("mask_path"):
-            mask = self.root / item["mask_path"]
-            if not mask.is_file():
-                self._problem(MissingPathError(mask, f"mask listed in {meta_path} ({where}) not found"))
-                return None
-            mask = str(mask)
-        return Record(tuple(files), label, cls, mask,
-                      defect=str(item.get("specie_name", "")), dataset=ds)
+        if label and mask_entry:
+            full = contained_path(self.root, mask_entry, index=meta_path,
+                                  where=f"{where}.mask_path", what="mask path",
+                                  allow_outside_root=self.allow_outside_root)
+            if not full.is_file():
+                raise missing_path_error(self.root / mask_entry,
+                                         f"mask listed in {meta_path} ({where})")
+            mask = str(full)
+        defect = item.get("specie_name")
+        if defect is not None and not isinstance(defect, str):
+            raise bad(f"specie_name must be a string or null, got {_describe(defect)}")
+        return Record(tuple(files), label, cls, mask, defect=defect or "", dataset=ds)
+
+    def _label(self, item, bad) -> int:
+        """0/1 from ``anomaly`` (or ``label``): booleans, the integers 0/1 and the strings of
+        ``_LABEL_WORDS`` only."""
+        found = {}
+        for key in ("anomaly", "label"):
+            if key not in item:
+                continue
+            v = item[key]
+            if isinstance(v, bool):
+                found[key] = int(v)
+            elif isinstance(v, int) and v in (0, 1):
+                found[key] = v
+            elif isinstance(v, str) and v.strip().lower() in _LABEL_WORDS:
+                found[key] = _LABEL_WORDS[v.strip().lower()]
+            else:
+                raise bad(f"{key} must be true/false, 0/1 or one of {sorted(_LABEL_WORDS)}, got "
+                          f"{_describe(v)}")
+        if len(set(found.values())) > 1:
+            raise bad(f"'anomaly' ({item['anomaly']!r}) and 'label' ({item['label']!r}) disagree")
+        if not found:
+            if self.split == "test":
+                raise bad("a test item needs an 'anomaly' field (0 normal, 1 anomalous)")
+            return 0
+        return next(iter(found.values()))
 
     def read_modality(self, modality, path, record):
         if modality in ("depth", "wofg_depth") and path.lower().endswith(".npy"):

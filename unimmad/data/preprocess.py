@@ -8,7 +8,8 @@ Per modality (all deterministic; no global state, no randomness):
   network, so the authors' release normalises gray modalities with ImageNet statistics
   too; ``Preprocess(normalize_gray=False)`` keeps gray ones in [0, 1] instead.
 * **Depth** (from an organised point cloud's z, a depth PNG or a rendered point cloud):
-  invalid points (zero / NaN / background) are **filled** — ``depth_fill="nearest"``
+  invalid points (missing measurements, NaN, background; for organised point clouds the
+  rule of :func:`depth_from_xyz`) are **filled** — ``depth_fill="nearest"``
   (default: each invalid pixel takes the depth of the nearest valid pixel, Euclidean
   distance transform; no step at the object border) or ``"mean"`` (the mean valid depth,
   as the release) — then **normalised** over the valid pixels —
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "Preprocess", "ModalityImage", "MODALITY_KINDS", "IMAGENET_MEAN", "IMAGENET_STD",
-    "depth_from_xyz", "fill_depth", "normalize_depth", "process_modality", "process_mask",
+    "INVALID_POINT_RULES", "depth_from_xyz", "fill_depth", "normalize_depth",
+    "process_modality", "process_mask",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,8 +48,12 @@ MODALITY_KINDS = {
     "rgb": "photo", "endoscopy": "photo",
     "gray": "gray", "infrared": "gray", "oct": "gray", "ct": "gray",
     "flair": "gray", "t1": "gray", "t1ce": "gray", "t2": "gray",
+    "mri": "photo",            # BraTS slices of three sequences stacked as channels (release)
     "depth": "depth",
 }
+
+#: Rules for the invalid points of an organised point cloud (:func:`depth_from_xyz`).
+INVALID_POINT_RULES = ("any_zero", "all_zero")
 
 DEPTH_FILLS = ("nearest", "mean")
 DEPTH_NORMS = ("standardize", "center")
@@ -122,17 +128,27 @@ class ModalityImage:
 
 
 # ----------------------------------------------------------------------------- depth
-def depth_from_xyz(xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def depth_from_xyz(xyz: np.ndarray, invalid: str = "any_zero") -> Tuple[np.ndarray, np.ndarray]:
     """``(z [H, W] float64, valid [H, W] bool)`` from an organised point cloud ``[H, W, 3]``.
 
-    A point is invalid when any coordinate is NaN/Inf or all three are 0 (MVTec 3D-AD marks
-    missing measurements with (0, 0, 0))."""
+    A point with a NaN/Inf coordinate is always invalid.  MVTec 3D-AD marks missing
+    measurements with (0, 0, 0); ``invalid`` says which zeros make a point invalid:
+
+    * ``"any_zero"`` (default) — a point is valid only when *all three* coordinates are
+      non-zero: the rule of the reference implementations (3D-ADS, M3DM and CFM keep the
+      points with ``np.all(pc != 0, axis=1)``).
+    * ``"all_zero"`` — only the exact (0, 0, 0) points are invalid.
+
+    Real scans essentially never hold an exact 0.0 coordinate away from the missing points,
+    so the two rules differ only on synthetic or re-quantised clouds."""
+    if invalid not in INVALID_POINT_RULES:
+        raise ValueError(f"invalid_points must be one of {INVALID_POINT_RULES}, got {invalid!r}")
     if xyz.ndim != 3 or xyz.shape[2] < 3:
         raise ValueError(f"an organised point cloud must be [H, W, 3], got {xyz.shape}")
     xyz = xyz[..., :3].astype(np.float64)
     finite = np.isfinite(xyz).all(axis=2)
-    nonzero = np.any(np.where(np.isfinite(xyz), xyz, 0.0) != 0.0, axis=2)
-    valid = finite & nonzero
+    nonzero = np.where(np.isfinite(xyz), xyz, 0.0) != 0.0
+    valid = finite & (nonzero.all(axis=2) if invalid == "any_zero" else nonzero.any(axis=2))
     z = np.where(valid, xyz[..., 2], 0.0)
     return z, valid
 
@@ -218,8 +234,16 @@ def stack_modalities(mods: Sequence[ModalityImage], pre: Preprocess) -> Tuple[to
     if not 1 <= len(mods) <= pre.max_modalities:
         raise ValueError(
             f"a sample needs 1..{pre.max_modalities} modalities, got {len(mods)}")
+    from .io import DataReadError
+
     S = pre.image_size
     out = torch.zeros(pre.max_modalities, 3, S, S)
     for i, m in enumerate(mods):
-        out[i] = process_modality(m, pre)
+        try:
+            out[i] = process_modality(m, pre)
+        except ValueError as e:
+            msg = str(e)
+            if m.source and msg.startswith(m.source + ": "):
+                msg = msg[len(m.source) + 2:]
+            raise DataReadError(m.source or "?", msg) from None
     return out, len(mods)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.io import safe_component
 from ..data.multi import collate
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from ..metrics import Evaluator, MetricsReport
+from ..metrics import DEFAULT_PIXEL_BINS, Evaluator, MetricsReport
 
 __all__ = ["evaluate", "save_overlay", "predict_batches"]
 
@@ -76,14 +77,16 @@ def save_overlay(path: str, image: np.ndarray, anomaly_map: np.ndarray,
 
 
 def evaluate(model, dataset, out_dir: Optional[str] = None, batch_size: int = 16,
-             aupro: str = "mvtec3d", pixel_bins: Optional[int] = 1000, overlays: int = 2,
+             aupro: str = "mvtec3d", pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS, overlays: int = 2,
              num_workers: int = 0, progress: bool = True) -> MetricsReport:
     """Evaluate ``model`` on ``dataset`` (unified samples, e.g. a reader's test split).
 
     Returns the :class:`~unimmad.metrics.MetricsReport` (per class, per dataset, mean of
     classes, mean of datasets).  With ``out_dir``: ``results.{csv,json,md}`` and, for each
     class, PNG overlays of its ``overlays`` highest- and lowest-scored items in
-    ``out_dir/overlays/<class>/``.
+    ``out_dir/overlays/<class>/`` (the class name made one safe folder name by
+    :func:`~unimmad.data.io.safe_component`: a name with ``/``, ``..`` or an absolute path
+    never leads outside ``out_dir``).
     """
     ev = Evaluator(aupro=aupro, pixel_bins=pixel_bins)
     keep: Dict[str, Dict[str, List]] = {}
@@ -116,7 +119,8 @@ def evaluate(model, dataset, out_dir: Optional[str] = None, batch_size: int = 16
             for name, heap in slots.items():
                 for rank, (key, _, it) in enumerate(sorted(heap, reverse=True)):
                     score = key if name == "high" else -key
-                    save_overlay(os.path.join(out_dir, "overlays", c, f"{name}{rank + 1}.png"),
+                    save_overlay(os.path.join(out_dir, "overlays", safe_component(c),
+                                              f"{name}{rank + 1}.png"),
                                  it["image"], it["map"], it["mask"],
                                  f"score {score:.3f} ({'defect' if it['label'] else 'good'})")
     return report

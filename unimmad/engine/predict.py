@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.io import read_image, read_tiff
+from ..data.io import read_image, read_tiff, safe_component
 from ..data.preprocess import ModalityImage, Preprocess, depth_from_xyz, process_modality
 
 __all__ = ["load_item", "predict_files"]
@@ -64,7 +64,7 @@ def predict_files(model, items: List[Sequence[str]], out_dir: str,
             out = model(images.to(device, dtype), nm.to(device))
         for j, paths in enumerate(chunk):
             i = start + j
-            stem = f"{i:05d}_{os.path.splitext(os.path.basename(paths[0]))[0]}"
+            stem = f"{i:05d}_{safe_component(os.path.splitext(os.path.basename(paths[0]))[0])}"
             amap = out.anomaly_map[j].float().cpu().numpy()
             np.save(os.path.join(out_dir, "maps", stem + ".npy"), amap)
             save_overlay(os.path.join(out_dir, "maps", stem + ".png"),

@@ -10,7 +10,8 @@ A run file has these sections (all optional)::
       test:  [{name: mvtec3d, root: /data/mvtec_3d_anomaly_detection}]
       loss_weights: {eyecandies: 0.5, brats: 10}
       replay: {earlier: [{name: mvtec, root: /data/mvtec}], fraction: 0.01}
-    eval: {batch_size: 16, aupro: mvtec3d, pixel_bins: 1000, overlays: 2, out_dir: runs/x/eval}
+      preprocess: {depth_fill: mean, depth_norm: center}   # Preprocess fields (optional)
+    eval: {batch_size: 16, aupro: mvtec3d, pixel_bins: 16384, overlays: 2, out_dir: runs/x/eval}
 
 Overrides: ``--set train.epochs=5 model.top_k=1 data.train.0.root=/x`` (values parsed as
 YAML: numbers, booleans, lists, null).
@@ -22,10 +23,12 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
+from ..metrics import DEFAULT_PIXEL_BINS
+
 __all__ = ["load_run_config", "apply_overrides", "DEFAULT_EVAL", "SECTIONS"]
 
 SECTIONS = ("preset", "model", "train", "data", "eval")
-DEFAULT_EVAL = {"batch_size": 16, "aupro": "mvtec3d", "pixel_bins": 1000, "overlays": 2,
+DEFAULT_EVAL = {"batch_size": 16, "aupro": "mvtec3d", "pixel_bins": DEFAULT_PIXEL_BINS, "overlays": 2,
                 "out_dir": None, "accelerate": True, "num_workers": 0}
 
 
@@ -100,13 +103,20 @@ def build_model_config(run: Dict):
 
 
 def build_datasets(specs: List[Dict], split: str, model_config, loss_weights=None,
-                   progress=None):
+                   progress=None, preprocess=None):
     """Readers of ``specs`` (``{name, root, classes?, split?, ...reader options}``) as one
-    :class:`~unimmad.data.MultiDataset`."""
+    :class:`~unimmad.data.MultiDataset`; ``preprocess`` (the run file's ``data.preprocess``)
+    overrides :class:`~unimmad.data.Preprocess` fields, e.g. the release's depth rule
+    ``{depth_fill: mean, depth_norm: center}``."""
+    import dataclasses
     from ..data import MultiDataset, Preprocess, build_dataset
     if not specs:
         raise ValueError(f"no {split} datasets configured (data.{split})")
-    pre = Preprocess.from_config(model_config)
+    preprocess = dict(preprocess or {})
+    unknown = sorted(set(preprocess) - {f.name for f in dataclasses.fields(Preprocess)})
+    if unknown:
+        raise ValueError(f"data.preprocess: unknown Preprocess field(s) {unknown}")
+    pre = Preprocess.from_config(model_config, **preprocess)
     readers = []
     for spec in specs:
         spec = dict(spec)

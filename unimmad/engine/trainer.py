@@ -1,15 +1,18 @@
 """Training loop (SPEC §1 Training, paper §3.4): Adam, cosine schedule, L_Dec + annealed
 L_MoE, class-balanced sampling with per-sample loss weights, optional bf16 autocast over
-the whole model and gradient clipping, atomic checkpoints with exact resumption, logged
-loss parts and expert-usage histograms, and DistributedDataParallel under ``torchrun``."""
+the whole model and gradient clipping, atomic pickle-free checkpoints with exact
+resumption, logged loss parts and expert-usage histograms, and DistributedDataParallel
+under ``torchrun``."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
+import secrets
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -18,16 +21,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kernels import accelerate
+
 from ..config import dataclass_from_dict
 from ..data.multi import collate
 from ..models.cmoe import CMoE
 from ..models.model import UniMMAD
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (CheckpointError, apply_model_state, clean_stale, load_checkpoint,
+                         save_checkpoint, save_weights, set_rng_state)
 from .continual import freeze_for_continual
 from .distributed import (DistInfo, DistributedClassBalancedSampler, all_reduce_sum,
                           balance_reducer)
 
-__all__ = ["TrainConfig", "Trainer", "LossModule", "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "LossModule", "ExpertUsage", "resolve_device"]
 
 
 @dataclass
@@ -43,7 +49,8 @@ class TrainConfig:
     samples_per_epoch: class-balanced draws per epoch (default: the dataset size).
     freeze_batchnorm: keep every BatchNorm in eval mode (running statistics frozen).
     continual: train only the continual-learning subset (paper §4.5; < 10 % of the
-    parameters). out_dir: checkpoints (``last.pt``) and ``log.jsonl``.
+    parameters). out_dir: the training state ``last/``, the weights-only checkpoint
+    ``weights/`` (after the last epoch) and ``log.jsonl``.
     checkpoint_every: epochs between checkpoints. log_every: steps between log lines.
     """
 
@@ -126,6 +133,32 @@ def _cosine(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+class ExpertUsage:
+    """How often each expert of each C-MoE branch was chosen: counts per ``(level,
+    branch)``, summed over the steps of an epoch (and over ranks by :meth:`histogram`)."""
+
+    def __init__(self):
+        self.counts: Dict[Tuple[int, int], torch.Tensor] = {}
+
+    def add(self, aux_per_level) -> None:
+        """Count the experts chosen in one forward pass (``UniMMADOutput.aux``)."""
+        for lvl, aux in enumerate(aux_per_level):
+            for br, idx in enumerate(aux.indices):
+                counts = torch.bincount(idx.flatten(), minlength=aux.probs[br].shape[1]).cpu()
+                key = (lvl, br)
+                self.counts[key] = self.counts[key] + counts if key in self.counts else counts
+
+    def histogram(self, model: UniMMAD, dist_info: DistInfo, device) -> Dict[str, Dict[str, list]]:
+        """``{"level1": {"k1": [counts...], "k3": ..., ...}, ...}`` (summed over ranks)."""
+        hist: Dict[str, Dict[str, list]] = {}
+        for (lvl, br), counts in sorted(self.counts.items()):
+            if dist_info.enabled:
+                counts = all_reduce_sum(counts.to(device))
+            hist.setdefault(f"level{lvl + 1}", {})[f"k{model.cmoe[lvl].kernel_sizes[br]}"] = \
+                counts.cpu().tolist()
+        return hist
+
+
 class Trainer:
     """Trains a :class:`~unimmad.UniMMAD` on a dataset of unified samples.
 
@@ -138,31 +171,63 @@ class Trainer:
         dist_info: from :func:`~unimmad.engine.distributed.init_distributed` (default: one
             process).
 
-    ``fit()`` trains to ``config.epochs`` (resuming from ``resume(path)`` if called);
-    only rank 0 writes checkpoints and logs.
+    ``fit()`` trains to ``config.epochs`` (resuming from ``resume(path)`` if called).  Only
+    rank 0 writes: the training state ``<out_dir>/last/`` every ``checkpoint_every`` epochs,
+    ``log.jsonl``, and the weights-only checkpoint ``<out_dir>/weights/`` once the last epoch
+    is done (formats: :mod:`unimmad.engine.checkpoint`).
     """
 
     def __init__(self, model: UniMMAD, train_set, config: TrainConfig,
                  dist_info: Optional[DistInfo] = None):
+        self.config = config
+        self.dist = dist_info or DistInfo()
+        self._check_inputs(model, train_set)
+        self.train_set = train_set
+        self.device = resolve_device(config.device, self.dist)
+        self.model = model.to(self.device)
+        self._accelerate()
+        params = self._freeze()
+        self._setup_distributed()
+        self._setup_loader()
+        self._setup_optimizer(params)
+        self._setup_schedule()
+        self.epoch = 0
+        self.step = 0
+        self.keep_grads = None  # a list to record each step's gradients (tests, debugging)
+        self.log_path = os.path.join(config.out_dir, "log.jsonl")
+        self.checkpoint_path = os.path.join(config.out_dir, "last")
+        self.weights_path = os.path.join(config.out_dir, "weights")
+        if self.dist.is_main:
+            clean_stale(config.out_dir)
+
+    # ------------------------------------------------------------------ set-up steps
+    def _check_inputs(self, model, train_set) -> None:
         if not isinstance(model, UniMMAD):
             raise TypeError(f"Trainer needs a unimmad.UniMMAD, got {type(model).__name__}")
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
-        self.config = cfg = config
-        self.dist = dist_info or DistInfo()
-        if cfg.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} must divide by the number of "
+        if self.config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {self.config.batch_size} must divide by the number of "
                              f"processes {self.dist.world_size}")
-        self.device = resolve_device(cfg.device, self.dist)
-        self.model = model.to(self.device)
-        if cfg.accelerate:
-            from .. import accelerate
+
+    def _accelerate(self) -> None:
+        """The fused kernels in place of the reference C-MoE and map (``accelerate``)."""
+        if self.config.accelerate:
             accelerate(self.model)
-        if cfg.continual:
+
+    def _freeze(self) -> List[nn.Parameter]:
+        """The continual-learning subset when ``continual``; returns the trainable
+        parameters and sets ``trainable_share``."""
+        if self.config.continual:
             freeze_for_continual(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_share = sum(p.numel() for p in params) / sum(
             p.numel() for p in self.model.parameters())
+        return params
+
+    def _setup_distributed(self) -> None:
+        """Cross-rank load-balance statistics, SyncBatchNorm on CUDA, and the DDP wrapper
+        (``self.wrapped`` is what a step calls)."""
         if self.dist.enabled:
             for m in self.model.modules():
                 if isinstance(m, CMoE):
@@ -176,52 +241,84 @@ class Trainer:
         if self.dist.enabled:
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.train_set = train_set
+
+    def _setup_loader(self) -> None:
+        """Class-balanced sampling (split over the ranks) and the per-rank loader."""
+        cfg = self.config
         self.sampler = DistributedClassBalancedSampler(
-            train_set, cfg.samples_per_epoch, cfg.seed, self.dist.rank, self.dist.world_size)
-        self.loader = DataLoader(train_set, batch_size=cfg.batch_size // self.dist.world_size,
+            self.train_set, cfg.samples_per_epoch, cfg.seed, self.dist.rank, self.dist.world_size)
+        self.loader = DataLoader(self.train_set, batch_size=cfg.batch_size // self.dist.world_size,
                                  sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.num_workers, drop_last=True,
                                  persistent_workers=cfg.num_workers > 0)
         if len(self.loader) == 0:
             raise ValueError(f"samples_per_epoch ({len(self.sampler) * self.dist.world_size}) is "
                              f"smaller than one batch ({cfg.batch_size})")
+
+    def _setup_optimizer(self, params: List[nn.Parameter]) -> None:
+        cfg = self.config
         if cfg.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas,
                                               weight_decay=cfg.weight_decay)
         else:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9,
                                              weight_decay=cfg.weight_decay)
-        self.total_steps = cfg.epochs * len(self.loader)
+
+    def _setup_schedule(self) -> None:
+        """Cosine decay of the learning rate to 0 over every step of the run."""
+        self.total_steps = self.config.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(self.total_steps))
-        self.epoch = 0
-        self.step = 0
-        self.keep_grads = None  # a list to record each step's gradients (tests, debugging)
-        self.log_path = os.path.join(cfg.out_dir, "log.jsonl")
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> Dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-                "step": self.step, "rng": rng_state(),
-                "model_config": self.model.config.to_dict(),
-                "train_config": dataclasses.asdict(self.config)}
+    @property
+    def classes(self) -> List[str]:
+        return sorted(set(self.train_set.class_names))
 
-    def save(self, path: Optional[str] = None) -> Optional[str]:
-        """Write a checkpoint atomically (rank 0 only); returns its path."""
-        path = path or os.path.join(self.config.out_dir, "last.pt")
+    def save(self, path: Optional[str] = None) -> str:
+        """Write the resumable training state atomically as the folder ``path`` (default
+        ``<out_dir>/last``; rank 0 only); returns its path."""
+        path = path or self.checkpoint_path
         if self.dist.is_main:
-            atomic_save(self.state_dict(), path)
+            save_checkpoint(path, self.model, self.optimizer, self.scheduler, epoch=self.epoch,
+                            step=self.step, train_config=dataclasses.asdict(self.config),
+                            classes=self.classes)
+        return path
+
+    def save_weights(self, path: Optional[str] = None, extra: Optional[Dict] = None) -> str:
+        """Write the weights-only checkpoint (default ``<out_dir>/weights``; rank 0 only)."""
+        path = path or self.weights_path
+        if self.dist.is_main:
+            save_weights(self.model, path, extra)
         return path
 
     def resume(self, path: str) -> None:
-        """Continue exactly where the checkpoint at ``path`` stopped."""
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        """Continue exactly where the checkpoint at ``path`` stopped (model, optimizer,
+        schedule, epoch, step, every RNG).  A checkpoint of another model configuration or
+        another trainable set is refused with a :class:`CheckpointError` saying why."""
+        ckpt = load_checkpoint(path, training=True)
+        source = ckpt["source"]
+        saved = ckpt.get("train_config") or {}
+        for key in ("optimizer", "continual"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise CheckpointError(source, f"was trained with train.{key}={saved[key]!r}, this "
+                                              f"run has {getattr(self.config, key)!r}; resume with "
+                                              "the run's own train settings")
+        apply_model_state(self.model, ckpt["model"], source)
+        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler)):
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(source, f"the {name} state does not fit this run ({exc}); "
+                                              "resume with the run's own train settings "
+                                              "(optimizer, continual)") from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        set_rng_state(ckpt["rng"])
+        try:
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(source, f"bad RNG state ({type(exc).__name__}: {exc})") from None
+        if ckpt.get("classes") and list(ckpt["classes"]) != self.classes:
+            warnings.warn(f"{source}: trained on classes {ckpt['classes']}, resumed on "
+                          f"{self.classes}", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ training
     def _set_train_mode(self) -> None:
@@ -238,8 +335,40 @@ class Trainer:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def train_step(self, batch: Dict, usage: Optional[Dict] = None) -> Dict[str, float]:
-        """One optimisation step on a collated batch; returns the logged loss parts."""
+    def _trim_log(self) -> None:
+        """Make ``log.jsonl`` end where the trainer stands: drop epoch records past
+        ``self.epoch`` and step records past ``self.step`` (left by a run killed after
+        logging an epoch and before the checkpoint holding it was written, or by an earlier
+        run in the same folder) and a torn last line; rewritten atomically."""
+        if not self.dist.is_main or not os.path.isfile(self.log_path):
+            return
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not line.endswith("\n") or not isinstance(rec, dict):
+                continue
+            if rec.get("type") == "epoch" and rec.get("epoch", 0) > self.epoch:
+                continue
+            if rec.get("type") == "step" and rec.get("step", 0) > self.step:
+                continue
+            keep.append(line)
+        if len(keep) == len(lines):
+            return
+        tmp = os.path.join(self.config.out_dir, f".log.jsonl.tmp-{secrets.token_hex(4)}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.log_path)
+
+    def train_step(self, batch: Dict, usage: Optional[ExpertUsage] = None) -> Dict[str, float]:
+        """One optimisation step on a collated batch; returns the logged loss parts
+        (and counts the chosen experts into ``usage``)."""
         cfg = self.config
         images = batch["images"].to(self.device, non_blocking=True)
         nm = batch["num_modalities"].to(self.device)
@@ -260,11 +389,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         if usage is not None:
-            for lvl, aux in enumerate(parts["output"].aux):
-                for br, idx in enumerate(aux.indices):
-                    key = (lvl, br)
-                    counts = torch.bincount(idx.flatten(), minlength=aux.probs[br].shape[1])
-                    usage[key] = usage.get(key, 0) + counts.cpu()
+            usage.add(parts["output"].aux)
         out = {"loss": float(parts["dec_global"] + parts["moe"].detach()),
                "dec": float(parts["dec_global"]), "moe": float(parts["moe"].detach()),
                "balance": float(parts["balance"].detach()), "anneal": float(parts["anneal"]),
@@ -277,7 +402,11 @@ class Trainer:
 
     def fit(self, stop_after_epochs: Optional[int] = None) -> List[Dict]:
         """Train from the current epoch to ``config.epochs`` (or stop after
-        ``stop_after_epochs`` more); returns the per-epoch summaries."""
+        ``stop_after_epochs`` more); returns the per-epoch summaries.
+
+        Each epoch's record is appended to ``log.jsonl`` before its checkpoint is saved;
+        ``log.jsonl`` is first trimmed to the trainer's epoch and step, so after a kill and
+        a resume every epoch has exactly one record."""
         cfg = self.config
         summaries = []
         last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs,
@@ -287,10 +416,11 @@ class Trainer:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             tqdm = None
+        self._trim_log()
         while self.epoch < last:
             self._set_train_mode()
             self.sampler.set_epoch(self.epoch)
-            usage: Dict = {}
+            usage = ExpertUsage()
             sums: Dict[str, float] = {}
             start = time.time()
             batches = self.loader
@@ -308,18 +438,16 @@ class Trainer:
                 if tqdm is not None and show:
                     batches.set_postfix(loss=f"{parts['loss']:.4f}")
             self.epoch += 1
-            hist = {}
-            for (lvl, br), counts in sorted(usage.items()):
-                counts = all_reduce_sum(counts.to(self.device)) if self.dist.enabled else counts
-                hist.setdefault(f"level{lvl + 1}", {})[f"k{self.model.cmoe[lvl].kernel_sizes[br]}"] = \
-                    counts.cpu().tolist()
             summary = {"type": "epoch", "epoch": self.epoch, "steps": n,
                        "seconds": time.time() - start,
-                       **{k: v / max(n, 1) for k, v in sums.items()}, "expert_usage": hist}
+                       **{k: v / max(n, 1) for k, v in sums.items()},
+                       "expert_usage": usage.histogram(self.model, self.dist, self.device)}
             summaries.append(summary)
             self._log(summary)
             if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
                 self.save()
+            if self.epoch == cfg.epochs:
+                self.save_weights()
             if self.dist.enabled:
                 dist.barrier()
         return summaries

@@ -10,18 +10,20 @@ Public API::
   :mod:`unimmad.metrics.pixel`) or exact.
 * :class:`Evaluator` — one accumulator per class; :class:`MetricsReport` with per-class,
   per-dataset, mean-of-classes and mean-of-datasets rows and CSV / JSON / Markdown writers.
-* AUPRO estimators: ``"exact"`` (MVTec AD, every threshold) and ``"mvtec3d"`` (MVTec 3D-AD,
-  99 thresholds, used by the UniMMAD release) — see :mod:`unimmad.metrics.functional`.
+* AUPRO estimators: ``"exact"`` (MVTec AD ``compute_pro``, every threshold), ``"mvtec3d"``
+  (official MVTec 3D-AD evaluation, 100 thresholds) and ``"cfm"`` (CFM's 99 thresholds,
+  used by the UniMMAD release) — see :mod:`unimmad.metrics.functional`.
 """
 from .accumulator import DEFAULT_PIXEL_BINS, IMAGE_KEYS, PIXEL_KEYS, MetricAccumulator, compute
-from .functional import (AUPRO_VARIANTS, aupro, auroc, average_precision, f1_max,
-                         image_metrics, label_regions, trapezoid)
+from .functional import (AUPRO_SOURCES, AUPRO_THRESHOLDS, AUPRO_VARIANTS, aupro, auroc,
+                         average_precision, f1_max, image_metrics, label_regions, trapezoid)
 from .pixel import ExactPixelStore, PixelHistogram
 from .report import DEFAULT_IMAGE_SCORE, METRIC_KEYS, Evaluator, MetricsReport
 
 __all__ = [
     "compute", "MetricAccumulator", "Evaluator", "MetricsReport", "ExactPixelStore",
-    "PixelHistogram", "AUPRO_VARIANTS", "IMAGE_KEYS", "PIXEL_KEYS", "METRIC_KEYS",
+    "PixelHistogram", "AUPRO_VARIANTS", "AUPRO_THRESHOLDS", "AUPRO_SOURCES", "IMAGE_KEYS",
+    "PIXEL_KEYS", "METRIC_KEYS",
     "DEFAULT_PIXEL_BINS", "DEFAULT_IMAGE_SCORE", "auroc", "average_precision", "f1_max",
     "image_metrics", "aupro", "label_regions", "trapezoid",
 ]

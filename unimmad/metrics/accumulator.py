@@ -6,14 +6,14 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .functional import (_binary, as_numpy, ap_split, auroc_split, check_aupro_args, f1max_split,
-                         region_weights)
+from .functional import (_is_int, _real_dtype, as_numpy, ap_split, auroc_split, check_labels,
+                         check_masks, check_scores, f1max_split, region_weights, resolve_aupro)
 from .pixel import PIXEL_KEYS, ExactPixelStore, PixelHistogram
 
 __all__ = ["MetricAccumulator", "compute", "IMAGE_KEYS", "PIXEL_KEYS", "DEFAULT_PIXEL_BINS"]
 
 IMAGE_KEYS = ("image_AUROC", "image_AP", "image_F1max")
-DEFAULT_PIXEL_BINS = 2 ** 16
+DEFAULT_PIXEL_BINS = 2 ** 14
 
 
 def _maps_and_masks(anomaly_maps, masks, batch: int):
@@ -29,11 +29,10 @@ def _maps_and_masks(anomaly_maps, masks, batch: int):
         raise ValueError(f"masks {gts.shape} must have the shape of anomaly_maps {maps.shape}")
     if maps.shape[0] != batch:
         raise ValueError(f"{maps.shape[0]} anomaly maps but {batch} image scores")
-    if not np.issubdtype(maps.dtype, np.floating) and not np.issubdtype(maps.dtype, np.integer):
-        raise TypeError(f"anomaly_maps must be real numbers, got dtype {maps.dtype}")
+    _real_dtype(maps, "anomaly_maps")
     if not np.isfinite(maps).all():
         raise ValueError("anomaly_maps contain NaN or Inf values")
-    return maps, _binary(gts, "masks")
+    return maps, check_masks(gts, "masks")
 
 
 class MetricAccumulator:
@@ -45,28 +44,32 @@ class MetricAccumulator:
     [0, 1]; NaN with a warning where a metric is undefined, e.g. no defect pixel).
 
     Args:
-        aupro: ``"exact"`` (curve through every threshold) or ``"mvtec3d"`` (99-threshold
-            MVTec 3D-AD estimator); see :mod:`unimmad.metrics.functional`.
+        aupro: ``"exact"`` (MVTec AD, every threshold), ``"mvtec3d"`` (official MVTec 3D-AD,
+            100 thresholds) or ``"cfm"`` (CFM / UniMMAD release, 99 thresholds); see
+            :mod:`unimmad.metrics.functional`.
         pixel_bins: number of histogram bins for the pixel metrics (bounded memory,
-            ``24·pixel_bins`` bytes; binning error bounded as stated in
+            ``88·pixel_bins`` bytes; tied scores exact, the rest bounded as stated in
             :mod:`unimmad.metrics.pixel`, see :meth:`error_bounds`), or ``None`` to keep
             every pixel score once and compute exact values.
         integration_limit: FPR limit of the AUPRO (0.3).
-        num_thresholds: thresholds of the ``"mvtec3d"`` estimator (99).
+        num_thresholds: threshold count of ``"mvtec3d"``/``"cfm"`` (``None``: the
+            variant's own, 100 / 99).
 
     Image scores and labels are always kept (one float per image) and scored exactly.
-    Masks: bool as is, integers ``> 0``, floats ``> 0.5`` count as defect.
+    Labels must be 0 or 1 (bool, integer or float; −1 or 2 are refused).  Masks: bool as
+    is, non-negative integers ``> 0``, non-negative floats ``> 0.5`` count as defect.
     """
 
     def __init__(self, aupro: str = "exact", pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS,
-                 integration_limit: float = 0.3, num_thresholds: int = 99):
-        check_aupro_args(aupro, integration_limit, num_thresholds)
-        if pixel_bins is not None and (not isinstance(pixel_bins, int) or pixel_bins < 2):
+                 integration_limit: float = 0.3, num_thresholds: Optional[int] = None):
+        aupro, integration_limit, num_thresholds = resolve_aupro(
+            aupro, integration_limit, num_thresholds)
+        if pixel_bins is not None and (not _is_int(pixel_bins) or pixel_bins < 2):
             raise ValueError(f"pixel_bins must be None or an int >= 2, got {pixel_bins!r}")
         self.aupro = aupro
-        self.pixel_bins = pixel_bins
-        self.integration_limit = float(integration_limit)
-        self.num_thresholds = int(num_thresholds)
+        self.pixel_bins = None if pixel_bins is None else int(pixel_bins)
+        self.integration_limit = integration_limit
+        self.num_thresholds = num_thresholds
         self.reset()
 
     def reset(self) -> None:
@@ -90,12 +93,10 @@ class MetricAccumulator:
         """Add a batch: image scores ``[B]``, labels ``[B]`` (0 normal, 1 anomalous) and
         optionally anomaly maps and ground-truth masks ``[B, H, W]`` (both or neither, in
         every update alike)."""
-        s = as_numpy(pred_scores, "pred_scores").reshape(-1).astype(np.float64)
-        y = _binary(as_numpy(labels, "labels").reshape(-1), "labels")
+        s = check_scores(pred_scores, "pred_scores")
+        y = check_labels(labels, "labels")
         if s.shape != y.shape:
             raise ValueError(f"{s.size} pred_scores but {y.size} labels")
-        if not np.isfinite(s).all():
-            raise ValueError("pred_scores contain NaN or Inf values")
         has_maps = anomaly_maps is not None or masks is not None
         if has_maps and (anomaly_maps is None or masks is None):
             raise ValueError("anomaly_maps and masks must be given together")
@@ -114,8 +115,8 @@ class MetricAccumulator:
 
     def compute(self) -> Dict[str, float]:
         """The metrics dict (see the class docstring)."""
-        if not self._scores:
-            raise ValueError("MetricAccumulator.compute() called before any update()")
+        if not self._scores or self.num_images == 0:
+            raise ValueError("MetricAccumulator.compute() called before any update() with images")
         s = np.concatenate(self._scores)
         y = np.concatenate(self._labels)
         neg, pos = np.sort(s[~y]), np.sort(s[y])
@@ -136,20 +137,20 @@ class MetricAccumulator:
 
 def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "exact", *,
             pixel_bins: Optional[int] = None, integration_limit: float = 0.3,
-            num_thresholds: int = 99, chunk_size: int = 64,
+            num_thresholds: Optional[int] = None, chunk_size: int = 64,
             progress: Optional[bool] = None) -> Dict[str, float]:
     """Image (and pixel) metrics of one set of images.
 
     Args:
         pred_scores: image scores ``[N]`` (name the reduction that produced them when you
             report results: UniMMAD's default is the mean of the top 0.1 % map pixels).
-        labels: ``[N]``, 0 normal / 1 anomalous.
+        labels: ``[N]``, 0 normal / 1 anomalous (anything else is refused).
         anomaly_maps, masks: ``[N, H, W]`` maps and ground-truth masks (both or neither).
-        aupro: ``"exact"`` or ``"mvtec3d"`` (see :mod:`unimmad.metrics.functional`).
+        aupro: ``"exact"``, ``"mvtec3d"`` or ``"cfm"`` (see :mod:`unimmad.metrics.functional`).
         pixel_bins: ``None`` (default here: exact, the arrays are in memory already) or a
             bin count for the bounded-memory binned estimator.
-        integration_limit, num_thresholds: AUPRO FPR limit (0.3) and the ``"mvtec3d"``
-            threshold count (99).
+        integration_limit, num_thresholds: AUPRO FPR limit (0.3) and the threshold count
+            of ``"mvtec3d"``/``"cfm"`` (``None``: 100 / 99, as their sources).
         chunk_size: images handed to the accumulator at a time.
         progress: tqdm bar over the images (``None``: only on a terminal).
 
@@ -158,8 +159,16 @@ def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "ex
         ``{"pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO"}``.
     """
     acc = MetricAccumulator(aupro, pixel_bins, integration_limit, num_thresholds)
-    s = as_numpy(pred_scores, "pred_scores").reshape(-1)
-    y = as_numpy(labels, "labels").reshape(-1)
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be None, True or False, got {progress!r}")
+    s = check_scores(pred_scores, "pred_scores")
+    y = check_labels(labels, "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} pred_scores but {y.size} labels")
+    if s.size == 0:
+        raise ValueError("compute: no images (pred_scores is empty)")
     if anomaly_maps is None and masks is None:
         acc.update(s, y)
         return acc.compute()
@@ -167,9 +176,10 @@ def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "ex
         raise ValueError("anomaly_maps and masks must be given together")
     maps = as_numpy(anomaly_maps, "anomaly_maps")
     gts = as_numpy(masks, "masks")
-    if maps.shape[0] != s.size or gts.shape[0] != s.size:
+    if maps.ndim == 0 or gts.ndim == 0 or maps.shape[0] != s.size or gts.shape[0] != s.size:
         raise ValueError(
-            f"{s.size} pred_scores but {maps.shape[0]} anomaly maps and {gts.shape[0]} masks")
+            f"{s.size} pred_scores but anomaly_maps of shape {maps.shape} and masks of shape "
+            f"{gts.shape} (expected [{s.size}, H, W])")
     disable = None if progress is None else not progress
     with tqdm(total=s.size, desc="pixel metrics", unit="img", disable=disable) as bar:
         for i in range(0, s.size, chunk_size):

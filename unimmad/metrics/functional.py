@@ -12,35 +12,57 @@ Definitions (the ones users know from scikit-learn and the MVTec evaluation code
   (0.3), divided by the limit.  Regions are the 8-connected components of each ground-truth
   mask (``scipy.ndimage.label`` with a 3×3 structuring element); every region of the whole
   set weighs the same, whatever its size or image.  The false-positive rate counts the
-  pixels outside every region.  Two estimators circulate under the name and give different
-  numbers, so the variant is a parameter:
+  pixels outside every region.  Three estimators circulate under the name and give
+  different numbers, so the variant is a parameter (:data:`AUPRO_VARIANTS`):
 
-  - ``"exact"`` (MVTec AD evaluation code): the curve through *every* distinct threshold,
-    "anomalous ⇔ score ≥ t", from (0, 0) to (1, 1); integrated with the trapezoidal rule up
-    to the limit, the last segment interpolated linearly.
-  - ``"mvtec3d"`` (MVTec 3D-AD evaluation code, used through CFM by the UniMMAD release):
-    ``num_thresholds`` (99) thresholds at the positions
-    ``np.linspace(0, N−1, num_thresholds, dtype=int)`` of the sorted normal-pixel scores;
-    at position ``p`` the FPR is ``1 − (p + 1)/N`` and a pixel is anomalous when its score is
-    *strictly greater* than the threshold; the point (1, 1) is appended, and the same
-    trapezoidal rule with linear interpolation at the limit is applied.
+  - ``"exact"`` — MVTec AD evaluation code (``pro_curve_util.compute_pro``): the curve
+    through *every* distinct threshold, "anomalous ⇔ score ≥ t", from (0, 0) to (1, 1);
+    integrated with the trapezoidal rule up to the limit, the last segment interpolated
+    linearly (``generic_util.trapezoid``).
+  - ``"mvtec3d"`` — the official MVTec 3D-AD evaluation code (``evaluate_experiment.py``,
+    ``--pro_num_thresholds`` default **100**), also the default of ``calculate_au_pro`` in
+    3D-ADS and M3DM: ``T`` thresholds at the positions ``np.linspace(0, N−1, T,
+    dtype=int)`` of the ascending normal-pixel scores; at position ``p`` the FPR is taken
+    as ``1 − (p + 1)/N`` (a positional value: with tied scores it is not the true FPR) and
+    a region pixel counts as detected when its score is *strictly greater* than the
+    threshold; the point (1, 1) is appended and the same trapezoidal rule is applied.
+  - ``"cfm"`` — the same estimator with **99** thresholds: the default of
+    ``calculate_au_pro`` in CFM (crossmodal-feature-mapping), which the UniMMAD release
+    (``myutils/cfm_metrics_utils.py``) and its PyADMetric_EvalToolkit use.  Use it to
+    compare with the paper's and the release's AUPRO numbers.
+
+  ``num_thresholds`` overrides the threshold count of ``"mvtec3d"``/``"cfm"``
+  (:data:`AUPRO_THRESHOLDS` holds the defaults); it has no meaning for ``"exact"``.
 
 The pixel functions work on a *split* representation — the normal-pixel scores sorted
 ascending, the anomalous-pixel scores sorted ascending with the weight ``1/|region|`` of
 each pixel, and the number of regions — which is what :class:`~unimmad.metrics.MetricAccumulator`
 stores in exact mode.
+
+Labels must be 0 (normal) or 1 (anomalous) — bool, integer or float — and anything else
+(−1, 2, 0.5, NaN, strings) is refused with an error naming the first offending entry;
+ground-truth masks are bool, non-negative integers (non-zero = defect, e.g. 255 or
+VisA's small ids) or non-negative floats (> 0.5 = defect).
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Dict, Optional, Tuple
+from types import MappingProxyType
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 __all__ = [
     "AUPRO_VARIANTS",
+    "AUPRO_THRESHOLDS",
+    "AUPRO_SOURCES",
+    "resolve_aupro",
     "as_numpy",
+    "check_labels",
+    "check_scores",
+    "check_masks",
     "auroc",
     "average_precision",
     "f1_max",
@@ -49,11 +71,21 @@ __all__ = [
     "label_regions",
     "trapezoid",
     "pro_curve_exact",
-    "pro_curve_mvtec3d",
+    "pro_curve_sampled",
     "aupro",
 ]
 
-AUPRO_VARIANTS = ("exact", "mvtec3d")
+AUPRO_VARIANTS = ("exact", "mvtec3d", "cfm")
+
+#: Threshold count of each threshold-sampled AUPRO estimator, as in its source code.
+AUPRO_THRESHOLDS: Mapping[str, int] = MappingProxyType({"mvtec3d": 100, "cfm": 99})
+
+#: The original code each AUPRO variant reproduces (written into every report).
+AUPRO_SOURCES: Mapping[str, str] = MappingProxyType({
+    "exact": "MVTec AD evaluation code, compute_pro (every threshold)",
+    "mvtec3d": "official MVTec 3D-AD evaluation code (also 3D-ADS, M3DM calculate_au_pro)",
+    "cfm": "CFM calculate_au_pro, used by the UniMMAD release",
+})
 
 # 8-connectivity, as in the MVTec AD / MVTec 3D-AD evaluation code.
 _STRUCTURE = np.ones((3, 3), dtype=int)
@@ -72,35 +104,72 @@ def as_numpy(x, name: str = "array") -> np.ndarray:
             return x.cpu().numpy()
     except ImportError:  # pragma: no cover - torch is a hard dependency of the package
         pass
-    return np.asarray(x)
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, got a {type(x).__name__}")
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:        # ragged nested lists
+        raise TypeError(f"{name} must be a rectangular array of numbers ({e})") from None
+
+
+def _real_dtype(a: np.ndarray, name: str, allow_bool: bool = False) -> None:
+    ok = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    if allow_bool and a.dtype == bool:
+        ok = True
+    if not ok:
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+
+
+def check_scores(scores, name: str = "pred_scores") -> np.ndarray:
+    """Scores as a float64 vector; refuses non-numeric, bool, complex, NaN and Inf values."""
+    s = as_numpy(scores, name).reshape(-1)
+    _real_dtype(s, name)
+    s = s.astype(np.float64)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ValueError(f"{name} contain NaN or Inf values (first at index {int(np.argmax(bad))})")
+    return s
+
+
+def check_labels(labels, name: str = "labels") -> np.ndarray:
+    """Image labels as a bool vector.
+
+    Accepted: bool, or integers / floats that are exactly 0 (normal) or 1 (anomalous).
+    Anything else (−1, 2, 0.5, NaN, strings) raises: a label of −1 is *not* read as
+    normal."""
+    y = as_numpy(labels, name).reshape(-1)
+    if y.dtype == bool:
+        return y
+    _real_dtype(y, name)
+    ok = (y == 0) | (y == 1)
+    if not ok.all():
+        k = int(np.argmax(~ok))
+        raise ValueError(f"{name} must be 0 (normal) or 1 (anomalous); got {y[k].item()!r} at index {k}")
+    return y == 1
+
+
+def check_masks(masks, name: str = "masks") -> np.ndarray:
+    """Ground-truth masks as bool: bool as is, integers ``> 0`` (non-negative), floats
+    ``> 0.5`` (finite, non-negative)."""
+    y = as_numpy(masks, name)
+    if y.dtype == bool:
+        return y
+    _real_dtype(y, name)
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise ValueError(f"{name} contain NaN or Inf")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name} must be non-negative (0 = normal pixel), got {y.min()!r}")
+    return y > (0.5 if np.issubdtype(y.dtype, np.floating) else 0)
 
 
 def _scores_labels(scores, labels, what: str) -> Tuple[np.ndarray, np.ndarray]:
-    s = as_numpy(scores, f"{what} scores").reshape(-1)
-    y = as_numpy(labels, f"{what} labels").reshape(-1)
+    s = check_scores(scores, f"{what} scores")
+    y = check_labels(labels, f"{what} labels")
     if s.shape != y.shape:
         raise ValueError(f"{what}: {s.size} scores but {y.size} labels")
     if s.size == 0:
         raise ValueError(f"{what}: no scores given")
-    if not np.issubdtype(s.dtype, np.number) or np.iscomplexobj(s):
-        raise TypeError(f"{what}: scores must be real numbers, got dtype {s.dtype}")
-    if not np.isfinite(s).all():
-        raise ValueError(f"{what}: scores contain NaN or Inf")
-    y = _binary(y, f"{what} labels")
     return s, y
-
-
-def _binary(y: np.ndarray, what: str) -> np.ndarray:
-    """Labels/masks to bool: bool as is, integers ``> 0``, floats ``> 0.5``."""
-    if y.dtype == bool:
-        return y
-    if np.issubdtype(y.dtype, np.integer):
-        return y > 0
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all():
-            raise ValueError(f"{what} contain NaN or Inf")
-        return y > 0.5
-    raise TypeError(f"{what} must be bool, integer or float, got dtype {y.dtype}")
 
 
 def split_scores(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
@@ -256,11 +325,18 @@ def pro_curve_exact(neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_reg
     return fpr, pro
 
 
-def pro_curve_mvtec3d(neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_regions: int,
-                      num_thresholds: int = 99) -> Tuple[np.ndarray, np.ndarray]:
-    """The MVTec 3D-AD ``num_thresholds``-point PRO curve ``(fpr, pro)``, increasing FPR."""
+def threshold_positions(num_normal: int, num_thresholds: int) -> np.ndarray:
+    """Positions ``np.linspace(0, N−1, T, dtype=int)`` of the sampled thresholds in the
+    ascending normal scores (the MVTec 3D-AD / CFM rule, float rounding included)."""
+    return np.linspace(0, num_normal - 1, num=num_thresholds, dtype=int)
+
+
+def pro_curve_sampled(neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_regions: int,
+                      num_thresholds: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``num_thresholds``-point PRO curve of MVTec 3D-AD / CFM ``(fpr, pro)``,
+    increasing FPR, ending at (1, 1) (see the module docstring)."""
     n = neg.size
-    positions = np.linspace(0, n - 1, num=num_thresholds, dtype=int)
+    positions = threshold_positions(n, num_thresholds)
     thr = neg[positions]
     fpr = 1.0 - (positions + 1) / float(n)
     pro = _weights_above(pos, pos_w, thr, strict=True) / float(num_regions)
@@ -271,35 +347,61 @@ def pro_curve_mvtec3d(neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_r
 
 def aupro_split(neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_regions: int,
                 variant: str = "exact", integration_limit: float = 0.3,
-                num_thresholds: int = 99) -> float:
+                num_thresholds: Optional[int] = None) -> float:
     """AUPRO (normalised by the limit) from the split representation."""
-    check_aupro_args(variant, integration_limit, num_thresholds)
+    variant, integration_limit, num_thresholds = resolve_aupro(
+        variant, integration_limit, num_thresholds)
     if num_regions == 0 or neg.size == 0:
         return _nan_warn("pixel AUPRO", "needs at least one defect region and one normal pixel")
     if variant == "exact":
         fpr, pro = pro_curve_exact(neg, pos, pos_w, num_regions, fpr_limit=integration_limit)
     else:
-        fpr, pro = pro_curve_mvtec3d(neg, pos, pos_w, num_regions, num_thresholds)
+        fpr, pro = pro_curve_sampled(neg, pos, pos_w, num_regions, num_thresholds)
     return trapezoid(fpr, pro, integration_limit) / integration_limit
 
 
-def check_aupro_args(variant: str, integration_limit: float, num_thresholds: int) -> None:
-    if variant not in AUPRO_VARIANTS:
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def resolve_aupro(variant: str, integration_limit=0.3,
+                  num_thresholds: Optional[int] = None) -> Tuple[str, float, Optional[int]]:
+    """Check the AUPRO settings; ``(variant, limit, threshold count or None for "exact")``.
+
+    ``num_thresholds=None`` takes the variant's own count (:data:`AUPRO_THRESHOLDS`)."""
+    if not isinstance(variant, str) or variant not in AUPRO_VARIANTS:
         raise ValueError(f"aupro must be one of {AUPRO_VARIANTS}, got {variant!r}")
-    if not 0.0 < float(integration_limit) <= 1.0:
-        raise ValueError(f"integration_limit must be in (0, 1], got {integration_limit}")
-    if int(num_thresholds) < 2:
-        raise ValueError(f"num_thresholds must be >= 2, got {num_thresholds}")
+    if (not isinstance(integration_limit, numbers.Real)
+            or isinstance(integration_limit, (bool, np.bool_))
+            or not math.isfinite(float(integration_limit))
+            or not 0.0 < float(integration_limit) <= 1.0):
+        raise ValueError(f"integration_limit must be a number in (0, 1], got {integration_limit!r}")
+    if num_thresholds is not None:
+        if variant == "exact":
+            raise ValueError("num_thresholds applies to the threshold-sampled AUPRO estimators "
+                             f"{tuple(AUPRO_THRESHOLDS)}, not to 'exact' (every threshold)")
+        if not _is_int(num_thresholds) or num_thresholds < 2:
+            raise ValueError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
+        num_thresholds = int(num_thresholds)
+    elif variant != "exact":
+        num_thresholds = AUPRO_THRESHOLDS[variant]
+    return variant, float(integration_limit), num_thresholds
 
 
 def aupro(anomaly_maps, masks, variant: str = "exact", integration_limit: float = 0.3,
-          num_thresholds: int = 99) -> float:
-    """Exact AUPRO of a set of maps ``[N, H, W]`` and ground-truth masks ``[N, H, W]``."""
+          num_thresholds: Optional[int] = None) -> float:
+    """Exact AUPRO of a set of maps ``[N, H, W]`` and ground-truth masks ``[N, H, W]``
+    with the estimator ``variant`` (module docstring)."""
+    variant, integration_limit, num_thresholds = resolve_aupro(
+        variant, integration_limit, num_thresholds)
     maps = as_numpy(anomaly_maps, "anomaly_maps")
-    gts = _binary(as_numpy(masks, "masks"), "masks")
+    _real_dtype(maps, "anomaly_maps")
+    gts = check_masks(masks, "masks")
     if maps.shape != gts.shape or maps.ndim != 3:
         raise ValueError(
             f"anomaly_maps {maps.shape} and masks {gts.shape} must be equal [N, H, W] shapes")
+    if not np.isfinite(maps).all():
+        raise ValueError("anomaly_maps contain NaN or Inf values")
     negs, poss, ws, regions = [], [], [], 0
     for m, g in zip(maps, gts):
         w, n = region_weights(g)

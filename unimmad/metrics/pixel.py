@@ -2,38 +2,50 @@
 
 Both stores receive, per image, the scores of the normal pixels, the scores of the
 defect pixels with their region weights ``1/|region|`` and the number of defect regions,
-and compute pixel AUROC, AP, F1-max and AUPRO (either estimator, see
+and compute pixel AUROC, AP, F1-max and AUPRO (any estimator of
 :mod:`unimmad.metrics.functional`).
 
 **Binned store** (:class:`PixelHistogram`).  Scores fall into ``num_bins`` equal-width bins
 on an adaptive range: the first update sets the range to its own ``[min, max]``; a later
 score outside the range shifts the origin by whole bins and, when the range must grow,
-merges adjacent bins by powers of two (the width doubles), so no count is ever split or
-re-distributed and memory stays at ``3 × num_bins`` numbers (``24·num_bins`` bytes:
-1.5 MiB for the default ``2**16``), whatever the number of images.  The bin width ends at
-most about ``2 × (max − min) / num_bins`` of all scores seen.
+merges adjacent bins by powers of two (the width doubles), so memory stays fixed whatever
+the number of images.  The bin width ends at most about ``2 × (max − min) / num_bins`` of
+all scores seen.
 
-Every binned metric is computed from the counts at the bin edges, which are *real*
-thresholds ("anomalous ⇔ bin ≥ b" is "score ≥ the smallest score of bin b"), so the
-curves pass through points of the exact curves.  Only the order of the pixels *inside*
-one bin is unknown, which bounds the binning error by quantities computed from the same
-histogram (:meth:`PixelHistogram.error_bounds`, reported by the accumulators):
+Each bin also keeps the **smallest and the largest score** it received and splits its
+counts into three parts: the pixels whose score *equals* the bin's minimum, those equal to
+its maximum, and those strictly between.  The two end parts are *tied groups* whose score
+is known exactly; only the order of the pixels of the middle part is unknown.  Memory:
+11 numbers per bin, ``88·num_bins`` bytes (1.4 MiB for the default ``2**14``).
 
-* AUROC:  ``|err| ≤ ½ Σ_b (n_b/N)(p_b/P)`` (``n_b``/``p_b`` normal/defect pixels in bin b).
+Every binned metric is computed on this ordered list of parts, whose edges are *real*
+thresholds, so the curves pass through points of the exact curves; a part holding one
+score value is handled exactly as the original code handles tied scores (one threshold,
+ties counted together — and, for the threshold-sampled AUPRO, a threshold equal to the
+value of its part with "detected ⇔ score > threshold").  Constant maps, maps clipped to a
+range, quantised maps (uint8, fp16 grids) and images without defect are therefore scored
+exactly wherever the distinct values of a bin are at most two.  The remaining error comes
+from the middle parts only and is bounded by quantities of the same histogram
+(:meth:`PixelHistogram.error_bounds`, reported by the accumulators), with ``n_b``/``p_b``
+the normal/defect pixels of middle part b and ``A``/``B`` the defect/normal pixels above
+it:
+
+* AUROC:  ``|err| ≤ ½ Σ_b (n_b/N)(p_b/P)``.
 * AP:     ``|err| ≤ Σ_b (p_b/P)(hi_b − lo_b)`` with ``hi_b = (A+p_b)/(A+B+p_b)`` and
-  ``lo_b = (A+1)/(A+B+1+n_b)`` (``A``, ``B``: defect/normal pixels in higher bins) — the
-  range of precisions any pixel order inside bin b could produce.
+  ``lo_b = (A+1)/(A+B+1+n_b)`` — the range of precisions any pixel order inside the part
+  could produce.
 * F1-max: the binned value is the F1 of a real threshold, so ``0 ≤ exact − binned ≤
   max_b 2(A+p_b)/(A+p_b+B+P) − binned``.
 * AUPRO "exact": ``|err| ≤ (½ Σ_full ΔFPR_b ΔPRO_b + (limit − FPR_lo)·ΔPRO_cut) / limit``
-  over the bins below the FPR limit (the exact curve is monotone inside each bin).
-* AUPRO "mvtec3d": its thresholds are normal-score quantiles, whose FPRs are exact; the
-  PRO at a quantile inside bin b is interpolated by the fraction of the bin's normal
-  pixels below it and is off by at most ``w_b / R`` (the bin's share of region weight);
-  the bound is the trapezoid of these per-threshold bounds, divided by the limit.
+  over the middle parts below the FPR limit (the exact curve is monotone inside each).
+* AUPRO "mvtec3d" / "cfm": the thresholds are normal-score quantiles whose (positional)
+  FPRs are exact.  A threshold in an end part is exact; in a middle part b its PRO lies
+  in ``[W_above, W_above + w_b] / R`` and is estimated by the share ``1 − ρ`` of the part's
+  normal pixels above it, off by at most ``max(ρ, 1 − ρ)·w_b / R``; the bound is the
+  trapezoid of these per-threshold bounds, divided by the limit.
 
 For smooth score distributions the bounds shrink like ``1/num_bins``; ``tests/test_metrics``
-checks binned against exact values on random data.
+checks binned against exact values on random, tied, constant, clipped and quantised maps.
 
 **Exact store** (:class:`ExactPixelStore`) keeps every score once (in the dtype given)
 plus the defect pixels' weights; :meth:`~ExactPixelStore.metrics` needs one transient sorted
@@ -42,12 +54,12 @@ copy.  Use it for small sets, or where exact values matter more than memory.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .functional import (_nan_warn, ap_split, auroc_split, aupro_split, check_aupro_args,
-                         f1max_split, trapezoid)
+from .functional import (_is_int, _nan_warn, ap_split, auroc_split, aupro_split, f1max_split,
+                         resolve_aupro, threshold_positions, trapezoid)
 
 __all__ = ["ExactPixelStore", "PixelHistogram", "PIXEL_KEYS"]
 
@@ -75,17 +87,19 @@ class ExactPixelStore:
 
     def add(self, neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_regions: int) -> None:
         """Add one image's normal scores, defect scores, defect weights and region count."""
+        neg = np.asarray(neg).reshape(-1)
+        pos = np.asarray(pos).reshape(-1)
         _check_finite(neg, pos)
-        self._neg.append(np.asarray(neg).reshape(-1))
-        self._pos.append(np.asarray(pos).reshape(-1))
+        self._neg.append(neg)
+        self._pos.append(pos)
         self._w.append(np.asarray(pos_w, np.float64).reshape(-1))
         self.num_regions += int(num_regions)
         self.num_neg += neg.size
         self.num_pos += pos.size
 
     def metrics(self, aupro: str = "exact", integration_limit: float = 0.3,
-                num_thresholds: int = 99) -> Dict[str, float]:
-        check_aupro_args(aupro, integration_limit, num_thresholds)
+                num_thresholds: Optional[int] = None) -> Dict[str, float]:
+        resolve_aupro(aupro, integration_limit, num_thresholds)
         neg = np.sort(np.concatenate(self._neg)) if self._neg else np.zeros(0)
         pos = np.concatenate(self._pos) if self._pos else np.zeros(0)
         w = np.concatenate(self._w) if self._w else np.zeros(0)
@@ -100,29 +114,68 @@ class ExactPixelStore:
         }
 
     def error_bounds(self, aupro: str = "exact", integration_limit: float = 0.3,
-                     num_thresholds: int = 99) -> Dict[str, float]:
+                     num_thresholds: Optional[int] = None) -> Dict[str, float]:
         """Exact store: every bound is 0."""
+        resolve_aupro(aupro, integration_limit, num_thresholds)
         return {k: 0.0 for k in PIXEL_KEYS}
 
 
+def _reduce(keys: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, neg: np.ndarray,
+            pos: np.ndarray, w: np.ndarray):
+    """Merge bin summaries that share a key.
+
+    Each summary: its smallest and largest score and three parts ``[0]`` = scores equal to
+    the smallest, ``[1]`` = strictly between, ``[2]`` = equal to the largest (empty when
+    smallest == largest), each with normal count, defect count and defect weight.  The
+    merged summary keeps the same meaning: an end part of an input lands in the merged
+    end part holding its value, or in the middle.  Returns ``(keys, vmin, vmax, neg, pos,
+    w)`` of the distinct keys, ascending."""
+    order = np.argsort(keys, kind="stable")
+    keys, vmin, vmax = keys[order], vmin[order], vmax[order]
+    neg, pos, w = neg[:, order], pos[:, order], w[:, order]
+    new = np.ones(keys.size, bool)
+    new[1:] = keys[1:] != keys[:-1]
+    starts = np.flatnonzero(new)
+    gid = np.cumsum(new) - 1
+    g = starts.size
+    lo = np.minimum.reduceat(vmin, starts)
+    hi = np.maximum.reduceat(vmax, starts)
+    lo_e, hi_e = lo[gid], hi[gid]
+    dest = (np.where(vmin == lo_e, 0, np.where(vmin == hi_e, 2, 1)),
+            np.ones(keys.size, np.int64),
+            np.where(vmax == lo_e, 0, np.where(vmax == hi_e, 2, 1)))
+    out = []
+    for arr in (neg, pos, w):
+        acc = np.zeros(3 * g)
+        for part in range(3):
+            acc += np.bincount(dest[part] * g + gid, weights=arr[part], minlength=3 * g)
+        out.append(acc.reshape(3, g))
+    n_out = np.rint(out[0]).astype(np.int64)
+    p_out = np.rint(out[1]).astype(np.int64)
+    return keys[starts], lo, hi, n_out, p_out, out[2]
+
+
 class PixelHistogram:
-    """Binned pixel-score store with an adaptive range (see the module docstring).
+    """Binned pixel-score store with an adaptive range and exact tied groups (see the
+    module docstring).
 
     Args:
-        num_bins: number of equal-width bins (memory ``24·num_bins`` bytes).
+        num_bins: number of equal-width bins (memory ``88·num_bins`` bytes).
     """
 
     estimator = "binned"
 
-    def __init__(self, num_bins: int = 2 ** 16) -> None:
-        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
+    def __init__(self, num_bins: int = 2 ** 14) -> None:
+        if not _is_int(num_bins) or num_bins < 2:
             raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-        self.num_bins = num_bins
+        n = self.num_bins = int(num_bins)
         self.lo: Optional[float] = None
         self.width: Optional[float] = None
-        self.neg = np.zeros(num_bins, np.int64)
-        self.pos = np.zeros(num_bins, np.int64)
-        self.w = np.zeros(num_bins, np.float64)
+        self.vmin = np.full(n, np.inf)           # smallest / largest score of each bin
+        self.vmax = np.full(n, -np.inf)
+        self.neg = np.zeros((3, n), np.int64)   # parts: at vmin, strictly between, at vmax
+        self.pos = np.zeros((3, n), np.int64)
+        self.w = np.zeros((3, n), np.float64)
         self.num_regions = 0
 
     # ------------------------------------------------------------------ range management
@@ -134,12 +187,20 @@ class PixelHistogram:
     def num_pos(self) -> int:
         return int(self.pos.sum())
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the histogram's arrays."""
+        return sum(a.nbytes for a in (self.vmin, self.vmax, self.neg, self.pos, self.w))
+
     def _index(self, x: np.ndarray) -> np.ndarray:
         return np.floor((np.asarray(x, np.float64) - self.lo) / self.width)
 
     def _fits(self, vmin: float, vmax: float) -> bool:
         i = self._index(np.array([vmin, vmax]))
         return bool(i[0] >= 0 and i[1] < self.num_bins)
+
+    def _occupied(self) -> np.ndarray:
+        return np.flatnonzero(np.isfinite(self.vmin))
 
     def _ensure_range(self, vmin: float, vmax: float) -> None:
         n = self.num_bins
@@ -156,7 +217,7 @@ class PixelHistogram:
             return
         # Shift the origin by j new bins, merging f = 1 (none), 2, 4, ... old bins into one,
         # so that the occupied old bins and [vmin, vmax] fit; the data end up centred.
-        occ = np.flatnonzero((self.neg > 0) | (self.pos > 0))
+        occ = self._occupied()
         f = 1 / 2
         while True:
             f = int(f * 2)
@@ -173,47 +234,67 @@ class PixelHistogram:
             idx = np.floor((np.array([vmin, vmax]) - new_lo) / new_w)
             if idx[0] >= 0 and idx[1] < n:
                 break
-        mapping = np.clip(j + np.arange(n) // f, 0, n - 1)     # clipped bins are empty
-        self.neg = np.bincount(mapping, weights=self.neg, minlength=n).astype(np.int64)
-        self.pos = np.bincount(mapping, weights=self.pos, minlength=n).astype(np.int64)
-        self.w = np.bincount(mapping, weights=self.w, minlength=n)
+        if occ.size:
+            keys = np.clip(j + occ // f, 0, n - 1)
+            k, lo, hi, nn, pp, ww = _reduce(keys, self.vmin[occ], self.vmax[occ],
+                                            self.neg[:, occ], self.pos[:, occ], self.w[:, occ])
+            self.vmin.fill(np.inf)
+            self.vmax.fill(-np.inf)
+            for a in (self.neg, self.pos, self.w):
+                a.fill(0)
+            self.vmin[k], self.vmax[k] = lo, hi
+            self.neg[:, k], self.pos[:, k], self.w[:, k] = nn, pp, ww
         self.lo, self.width = new_lo, new_w
 
     def add(self, neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray, num_regions: int) -> None:
         """Add one image's normal scores, defect scores, defect weights and region count."""
-        neg = np.asarray(neg).reshape(-1)
-        pos = np.asarray(pos).reshape(-1)
+        neg = np.asarray(neg, np.float64).reshape(-1)
+        pos = np.asarray(pos, np.float64).reshape(-1)
+        pos_w = np.asarray(pos_w, np.float64).reshape(-1)
+        if pos_w.size != pos.size:
+            raise ValueError(f"{pos.size} defect scores but {pos_w.size} weights")
         _check_finite(neg, pos)
-        both = [a for a in (neg, pos) if a.size]
-        if both:
-            vmin = float(min(a.min() for a in both))
-            vmax = float(max(a.max() for a in both))
-            self._ensure_range(vmin, vmax)
-        n = self.num_bins
-        if neg.size:
-            i = np.clip(self._index(neg).astype(np.int64), 0, n - 1)
-            self.neg += np.bincount(i, minlength=n)
-        if pos.size:
-            i = np.clip(self._index(pos).astype(np.int64), 0, n - 1)
-            self.pos += np.bincount(i, minlength=n)
-            self.w += np.bincount(i, weights=np.asarray(pos_w, np.float64), minlength=n)
+        vals = np.concatenate((neg, pos))
+        if vals.size:
+            self._ensure_range(float(vals.min()), float(vals.max()))
+            n = self.num_bins
+            idx = np.clip(self._index(vals).astype(np.int64), 0, n - 1)
+            occ = np.unique(idx)
+            m, k = vals.size, occ.size
+            zeros = np.zeros((3, k + m))
+            cnt_n, cnt_p, wts = zeros.copy(), zeros.copy(), zeros.copy()
+            cnt_n[:, :k], cnt_p[:, :k], wts[:, :k] = self.neg[:, occ], self.pos[:, occ], self.w[:, occ]
+            cnt_n[0, k:k + neg.size] = 1.0
+            cnt_p[0, k + neg.size:] = 1.0
+            wts[0, k + neg.size:] = pos_w
+            keys, lo, hi, nn, pp, ww = _reduce(
+                np.concatenate((occ, idx)), np.concatenate((self.vmin[occ], vals)),
+                np.concatenate((self.vmax[occ], vals)), cnt_n, cnt_p, wts)
+            self.vmin[keys], self.vmax[keys] = lo, hi
+            self.neg[:, keys], self.pos[:, keys], self.w[:, keys] = nn, pp, ww
         self.num_regions += int(num_regions)
 
     # ------------------------------------------------------------------ metrics
-    def _descending(self):
-        """Occupied bins, highest scores first: per-bin and cumulative counts."""
-        keep = (self.neg > 0) | (self.pos > 0)
-        neg = self.neg[keep][::-1].astype(np.float64)
-        pos = self.pos[keep][::-1].astype(np.float64)
-        w = self.w[keep][::-1]
-        return neg, pos, w, np.cumsum(neg), np.cumsum(pos), np.cumsum(w)
+    def _parts(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Non-empty parts in ascending score order: normal count, defect count, defect
+        weight, and whether the part is a tied group (one known score value)."""
+        occ = self._occupied()
+        neg = self.neg[:, occ].T.ravel().astype(np.float64)
+        pos = self.pos[:, occ].T.ravel().astype(np.float64)
+        w = self.w[:, occ].T.ravel()
+        tied = np.tile(np.array([True, False, True]), occ.size)
+        keep = (neg > 0) | (pos > 0)
+        return neg[keep], pos[keep], w[keep], tied[keep]
 
-    def _compute(self, aupro: str, limit: float, num_thresholds: int):
-        check_aupro_args(aupro, limit, num_thresholds)
+    def _compute(self, aupro: str, limit: float, num_thresholds: Optional[int]):
+        aupro, limit, num_thresholds = resolve_aupro(aupro, limit, num_thresholds)
         N, P, R = float(self.num_neg), float(self.num_pos), self.num_regions
         vals: Dict[str, float] = {}
         errs: Dict[str, float] = {}
-        neg, pos, w, FP, TP, W = self._descending()
+        a_neg, a_pos, a_w, a_tied = self._parts()                 # ascending
+        neg, pos, w, tied = a_neg[::-1], a_pos[::-1], a_w[::-1], a_tied[::-1]   # descending
+        mid = ~tied
+        FP, TP, W = np.cumsum(neg), np.cumsum(pos), np.cumsum(w)
         # AUROC
         if N == 0 or P == 0:
             vals["pixel_AUROC"] = _nan_warn("pixel AUROC", "needs normal and defect pixels")
@@ -222,26 +303,26 @@ class PixelHistogram:
             x = np.concatenate(([0.0], FP / N))
             y = np.concatenate(([0.0], TP / P))
             vals["pixel_AUROC"] = trapezoid(x, y)
-            errs["pixel_AUROC"] = float(0.5 * np.sum((neg / N) * (pos / P)))
+            errs["pixel_AUROC"] = float(0.5 * np.sum((neg / N * (pos / P))[mid]))
         # AP and F1-max
         if P == 0:
             vals["pixel_AP"] = _nan_warn("pixel AP", "needs defect pixels")
             vals["pixel_F1max"] = _nan_warn("pixel F1-max", "needs defect pixels")
             errs["pixel_AP"] = errs["pixel_F1max"] = float("nan")
         else:
-            has = pos > 0
-            A = (TP - pos)[has]
-            B = (FP - neg)[has]
-            p, nb = pos[has], neg[has]
-            prec = TP[has] / (TP[has] + FP[has])
-            vals["pixel_AP"] = float(np.sum(p / P * prec))
+            has = pos > 0                                   # parts holding a threshold of AP
+            A, B = (TP - pos)[has], (FP - neg)[has]
+            p, nb, m = pos[has], neg[has], mid[has]
+            vals["pixel_AP"] = float(np.sum(p / P * (TP[has] / (TP[has] + FP[has]))))
             hi = (A + p) / (A + B + p)
             lo = (A + 1.0) / (A + B + 1.0 + nb)
-            errs["pixel_AP"] = float(np.sum(p / P * (hi - lo)))
+            errs["pixel_AP"] = float(np.sum((p / P * (hi - lo))[m]))
+            A, B = TP - pos, FP - neg
             f1 = 2.0 * TP / (TP + FP + P)
             vals["pixel_F1max"] = float(f1.max())
-            upper = 2.0 * (A + p) / (A + p + B + P)
-            errs["pixel_F1max"] = float(max(upper.max() - vals["pixel_F1max"], 0.0))
+            upper = 2.0 * (A + pos) / (A + pos + B + P)
+            best = float(upper[mid].max()) if mid.any() else vals["pixel_F1max"]
+            errs["pixel_F1max"] = float(max(best - vals["pixel_F1max"], 0.0))
         # AUPRO
         if R == 0 or N == 0:
             vals["pixel_AUPRO"] = _nan_warn("pixel AUPRO", "needs a defect region and normal pixels")
@@ -251,27 +332,30 @@ class PixelHistogram:
             pro = np.concatenate(([0.0], np.minimum(W / R, 1.0), [1.0]))
             vals["pixel_AUPRO"] = trapezoid(fpr, pro, limit) / limit
             f0, f1_, dp = fpr[:-1], fpr[1:], np.diff(pro)
-            full = f1_ <= limit
-            cut = (f0 < limit) & (f1_ > limit)
+            seg_mid = np.concatenate((mid, [False]))               # segment b ↔ part b
+            full = (f1_ <= limit) & seg_mid
+            cut = (f0 < limit) & (f1_ > limit) & seg_mid
             bound = 0.5 * np.sum((f1_ - f0)[full] * dp[full]) + np.sum(((limit - f0) * dp)[cut])
             errs["pixel_AUPRO"] = float(bound / limit)
         else:
-            vals["pixel_AUPRO"], errs["pixel_AUPRO"] = self._aupro_mvtec3d(limit, num_thresholds)
+            vals["pixel_AUPRO"], errs["pixel_AUPRO"] = self._aupro_sampled(
+                a_neg, a_w, a_tied, limit, num_thresholds)
         return vals, errs
 
-    def _aupro_mvtec3d(self, limit: float, num_thresholds: int):
-        n_total = self.num_neg
+    def _aupro_sampled(self, neg, w, tied, limit: float, num_thresholds: int):
+        """The threshold-sampled AUPRO on the ascending parts (module docstring)."""
+        n_total = int(neg.sum())
         R = float(self.num_regions)
-        positions = np.linspace(0, n_total - 1, num=num_thresholds, dtype=int)
-        cneg = np.cumsum(self.neg)
-        b = np.searchsorted(cneg, positions, side="right")          # bin of each quantile
-        nb = self.neg[b].astype(np.float64)
-        below = (cneg[b] - self.neg[b]).astype(np.float64)
-        rho = (positions + 1 - below) / nb                           # share of bin ≤ threshold
-        w_above = np.concatenate((np.cumsum(self.w[::-1])[::-1][1:], [0.0]))  # Σ w of bins > b
-        w_in = self.w[b]
-        pro = np.minimum((w_above[b] + (1.0 - rho) * w_in) / R, 1.0)
-        bound = w_in / R
+        positions = threshold_positions(n_total, num_thresholds)
+        cneg = np.cumsum(neg)
+        b = np.searchsorted(cneg, positions, side="right")          # part of each quantile
+        nb = neg[b]
+        rho = (positions + 1 - (cneg[b] - nb)) / nb                  # share of part ≤ threshold
+        w_above = np.concatenate((np.cumsum(w[::-1])[::-1][1:], [0.0]))  # Σ w of parts > b
+        exact = tied[b]
+        inside = np.where(exact, 0.0, (1.0 - rho) * w[b])
+        pro = np.minimum((w_above[b] + inside) / R, 1.0)
+        bound = np.where(exact, 0.0, np.maximum(rho, 1.0 - rho) * w[b] / R)
         fpr = 1.0 - (positions + 1) / float(n_total)
         x = np.concatenate((fpr[::-1], [1.0]))
         value = trapezoid(x, np.concatenate((pro[::-1], [1.0])), limit) / limit
@@ -279,11 +363,11 @@ class PixelHistogram:
         return value, float(abs(err))
 
     def metrics(self, aupro: str = "exact", integration_limit: float = 0.3,
-                num_thresholds: int = 99) -> Dict[str, float]:
+                num_thresholds: Optional[int] = None) -> Dict[str, float]:
         """Binned pixel AUROC, AP, F1-max and AUPRO (keys ``pixel_*``)."""
         return self._compute(aupro, integration_limit, num_thresholds)[0]
 
     def error_bounds(self, aupro: str = "exact", integration_limit: float = 0.3,
-                     num_thresholds: int = 99) -> Dict[str, float]:
+                     num_thresholds: Optional[int] = None) -> Dict[str, float]:
         """Upper bounds of ``|binned − exact|`` for each pixel metric (module docstring)."""
         return self._compute(aupro, integration_limit, num_thresholds)[1]

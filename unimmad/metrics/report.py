@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .accumulator import DEFAULT_PIXEL_BINS, IMAGE_KEYS, PIXEL_KEYS, MetricAccumulator
-from .functional import as_numpy, check_aupro_args
+from .functional import AUPRO_SOURCES, as_numpy, check_labels, check_scores, resolve_aupro
 
 __all__ = ["Evaluator", "MetricsReport", "METRIC_KEYS", "DEFAULT_IMAGE_SCORE"]
 
@@ -32,6 +32,18 @@ DEFAULT_IMAGE_SCORE = "mean of the top 0.1% anomaly-map pixels"
 def dataset_of(class_name: str) -> str:
     """Dataset part of a ``<class>_<dataset>`` name (text after the last ``_``)."""
     return class_name.rsplit("_", 1)[1] if "_" in class_name else "default"
+
+
+def _names(values, what: str) -> List[str]:
+    """A sequence of names, one per image (a bare string is refused: it is not a list)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{what} must be a sequence of str (one per image), got {values!r}")
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{what}[{i}] must be a str, got {type(v).__name__} {v!r}")
+        out.append(v)
+    return out
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -193,8 +205,9 @@ class MetricsReport:
     def _aupro_name(self) -> str:
         a = self.meta.get("aupro", "?")
         lim = self.meta.get("integration_limit", 0.3)
-        if a == "mvtec3d":
-            return f"mvtec3d ({self.meta.get('num_thresholds', 99)} thresholds, FPR<={lim})"
+        t = self.meta.get("num_thresholds")
+        if a != "exact" and t is not None:
+            return f"{a} ({t} thresholds, FPR<={lim})"
         return f"{a} (FPR<={lim})"
 
 
@@ -221,12 +234,16 @@ class Evaluator:
     """
 
     def __init__(self, aupro: str = "exact", pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS,
-                 integration_limit: float = 0.3, num_thresholds: int = 99,
+                 integration_limit: float = 0.3, num_thresholds: Optional[int] = None,
                  image_score: str = DEFAULT_IMAGE_SCORE):
-        check_aupro_args(aupro, integration_limit, num_thresholds)
+        aupro, integration_limit, num_thresholds = resolve_aupro(
+            aupro, integration_limit, num_thresholds)
+        if not isinstance(image_score, str):
+            raise TypeError(f"image_score must be a str (the reduction's name), got {image_score!r}")
         self.kwargs = dict(aupro=aupro, pixel_bins=pixel_bins,
                            integration_limit=integration_limit, num_thresholds=num_thresholds)
-        self.image_score = str(image_score)
+        MetricAccumulator(**self.kwargs)                  # validates pixel_bins now
+        self.image_score = image_score
         self.groups: Dict[Tuple[str, str], MetricAccumulator] = {}
 
     def reset(self) -> None:
@@ -238,17 +255,21 @@ class Evaluator:
 
         ``datasets`` defaults to the text after the last ``_`` of each class name
         (``<class>_<dataset>``)."""
-        s = as_numpy(pred_scores, "pred_scores").reshape(-1)
-        y = as_numpy(labels, "labels").reshape(-1)
-        names = [str(c) for c in class_names]
+        s = check_scores(pred_scores, "pred_scores")
+        y = check_labels(labels, "labels")
+        names = _names(class_names, "class_names")
         if len(names) != s.size or y.size != s.size:
             raise ValueError(
                 f"{s.size} pred_scores, {y.size} labels and {len(names)} class names differ")
-        ds = [dataset_of(c) for c in names] if datasets is None else [str(d) for d in datasets]
+        ds = [dataset_of(c) for c in names] if datasets is None else _names(datasets, "datasets")
         if len(ds) != s.size:
             raise ValueError(f"{len(ds)} dataset names for {s.size} images")
         maps = None if anomaly_maps is None else as_numpy(anomaly_maps, "anomaly_maps")
         gts = None if masks is None else as_numpy(masks, "masks")
+        for arr, what in ((maps, "anomaly_maps"), (gts, "masks")):
+            if arr is not None and (arr.ndim == 0 or arr.shape[0] != s.size):
+                raise ValueError(f"{what} of shape {arr.shape} for {s.size} images "
+                                 "(expected one map per image, [B, H, W])")
         keys = list(zip(ds, names))
         for key in dict.fromkeys(keys):
             idx = np.asarray([i for i, k in enumerate(keys) if k == key])
@@ -275,6 +296,7 @@ class Evaluator:
                     bounds[f"{key[0]}/{key[1]}"] = eb
         first = next(iter(self.groups.values()))
         meta = {"aupro": self.kwargs["aupro"],
+                "aupro_source": AUPRO_SOURCES[self.kwargs["aupro"]],
                 "integration_limit": self.kwargs["integration_limit"],
                 "num_thresholds": self.kwargs["num_thresholds"],
                 "pixel_estimator": first.pixel_estimator,

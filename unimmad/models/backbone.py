@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..tensorio import read_state_dict_file
+
 __all__ = [
     "Bottleneck",
     "WideResNet",
@@ -127,25 +129,18 @@ def wide_resnet50_2(include_top: bool = False, **kwargs) -> WideResNet:
 
 
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """Read a state dict from a local ``.pth``/``.pt`` (torch.load, weights only) or
-    ``.safetensors`` file.  Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and a
-    ``module.`` prefix (DataParallel checkpoints)."""
+    """Read a state dict from a local ``.safetensors`` or ``.pth``/``.pt`` file through
+    :mod:`unimmad.tensorio` (``torch.load`` with ``weights_only=True`` only: a pickle holding
+    anything but tensors and plain containers is refused, nothing in it runs).  Unwraps
+    ``{"state_dict": ...}`` / ``{"model": ...}`` and a ``module.`` prefix (DataParallel
+    checkpoints)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone weights file not found: {path!r}")
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file: say which one
-        raise ValueError(f"cannot read backbone weights from {path!r}: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path!r} does not hold a state dict of tensors")
+        sd = read_state_dict_file(path)
+    except ValueError as exc:  # corrupt, foreign or unsafe file: say which one
+        raise ValueError(f"cannot read backbone weights: {exc}") from None
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd

@@ -66,7 +66,8 @@ def balance_loss(logits: torch.Tensor, probs: torch.Tensor, z_weight: float,
     acc = torch.promote_types(logits.dtype, torch.float32)
     prob_sum = probs.to(acc).sum(0)
     z_sum = torch.logsumexp(logits.to(acc), dim=1).pow(2).sum()
-    count = prob_sum.new_tensor(float(probs.shape[0]))
+    # new_full, not new_tensor(float(...)): keeps the unit count symbolic under torch.export.
+    count = prob_sum.new_full((), probs.shape[0])
     if reduce is not None:
         prob_sum, z_sum, count = reduce(prob_sum, z_sum, count)
     importance = prob_sum / count

@@ -116,28 +116,31 @@ class UniMMAD(nn.Module):
         if num_modalities.device != images.device:
             raise ValueError(
                 f"num_modalities is on {num_modalities.device} but images on {images.device}")
-        lo, hi = int(num_modalities.min()), int(num_modalities.max())
-        if lo < 1 or hi > M:
-            raise ValueError(
-                f"num_modalities must lie in [1, {M}] (each sample carries 1..{M} modalities), "
-                f"got values in [{lo}, {hi}]")
         param = self.embedding.embedding
-        if images.device != param.device:
+        if images.device != param.device:   # before any value is read (meta, other device)
             raise ValueError(f"images are on {images.device} but the model on {param.device}")
         if images.dtype != param.dtype and not torch.is_autocast_enabled(images.device.type):
             raise TypeError(
                 f"images are {images.dtype} but the model's parameters {param.dtype}; cast one "
                 "of them or run under torch.autocast")
+        lo, hi = int(num_modalities.min()), int(num_modalities.max())
+        if lo < 1 or hi > M:
+            raise ValueError(
+                f"num_modalities must lie in [1, {M}] (each sample carries 1..{M} modalities), "
+                f"got values in [{lo}, {hi}]")
         if self.check_finite and not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or Inf values")
 
     # --------------------------------------------------------------------------- forward
     def features(self, images: torch.Tensor, num_modalities: torch.Tensor,
-                 units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> UniMMADOutput:
+                 units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                 validate: Optional[bool] = None) -> UniMMADOutput:
         """Priors, predictions and routing for a batch (no map).  ``units`` — the
         ``pack_units(num_modalities, M)`` pair, precomputed — avoids the host
-        synchronisation of packing (for CUDA graphs)."""
-        if self.validate_inputs:
+        synchronisation of packing (for CUDA graphs, and for ``torch.export``, where the
+        boolean-mask packing would give data-dependent shapes).  ``validate`` overrides
+        ``self.validate_inputs`` for this call (``False``: no check that reads values)."""
+        if self.validate_inputs if validate is None else validate:
             self.check_inputs(images, num_modalities)
         num_modalities = num_modalities.long()
         B, M = images.shape[:2]
@@ -165,13 +168,18 @@ class UniMMAD(nn.Module):
                 units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> UniMMADOutput:
         out = self.features(images, num_modalities, units)
         if not self.training:
-            cfg = self.config
-            out.anomaly_map = self.anomaly_map_fn(
-                out.priors, out.predictions, out.unit_to_sample, cfg.image_size,
-                num_samples=images.shape[0], mode=cfg.map_mode, sigma=cfg.blur_sigma,
-                kernel_size=cfg.blur_kernel_size)
-            out.pred_score = self.image_score_fn(out.anomaly_map, cfg.top_fraction)
+            out.anomaly_map, out.pred_score = self.map_and_score(out, images.shape[0])
         return out
+
+    def map_and_score(self, out: UniMMADOutput, num_samples: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(anomaly_map [B, H, W], pred_score [B])`` of the output of :meth:`features`."""
+        cfg = self.config
+        amap = self.anomaly_map_fn(
+            out.priors, out.predictions, out.unit_to_sample, cfg.image_size,
+            num_samples=num_samples, mode=cfg.map_mode, sigma=cfg.blur_sigma,
+            kernel_size=cfg.blur_kernel_size)
+        return amap, self.image_score_fn(amap, cfg.top_fraction)
 
     # --------------------------------------------------------------------------- training
     def loss(self, images: torch.Tensor, num_modalities: torch.Tensor,

@@ -1,0 +1,299 @@
+"""One-line mutation testing of ``unimmad/`` and ``kernels/`` against this test suite.
+
+Measures how many single-line bugs the suite catches: each mutant changes one operator,
+comparison, constant, boolean or reduction on one line of the package, the tests that
+execute that line run against the mutated tree, and the mutant is *killed* when any of
+them fails (a run that exceeds ``--timeout`` is reported apart and counted as surviving).
+Not collected by pytest (no ``test_`` prefix); a developer tool:
+
+    python tests/mutation.py coverage --out mut/            # which tests run which lines
+    python tests/mutation.py list --out mut/ --sample 200   # a random table of mutants
+    python tests/mutation.py run --out mut/                 # kill them; writes results
+
+The table is drawn fresh by ``--seed``; a mutant that no test executes counts as
+surviving.  ``run`` works on a copy of the tree (the checkout is never modified).
+Coverage needs ``pip install coverage``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("unimmad", "kernels")
+
+_CMP = {ast.Lt: "<=", ast.LtE: "<", ast.Gt: ">=", ast.GtE: ">", ast.Eq: "!=", ast.NotEq: "==",
+        ast.Is: "is not", ast.IsNot: "is", ast.In: "not in", ast.NotIn: "in"}
+_BIN = {ast.Add: "-", ast.Sub: "+", ast.Mult: "/", ast.Div: "*", ast.FloorDiv: "/",
+        ast.Mod: "//", ast.Pow: "*"}
+_SWAP_CALLS = {"mean": "sum", "sum": "mean", "max": "min", "min": "max", "amax": "amin",
+               "amin": "amax", "clamp_min": "clamp_max", "floor": "ceil", "ceil": "floor",
+               "argmax": "argmin", "sqrt": "square", "exp": "log", "softmax": "log_softmax"}
+
+
+def _package_files() -> List[str]:
+    out = []
+    for pkg in PACKAGES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
+            out += [os.path.relpath(os.path.join(dirpath, f), ROOT)
+                    for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+def _skip_lines(tree: ast.AST) -> set:
+    """Lines that hold no behaviour worth mutating: docstrings, raise messages, logging and
+    warnings texts, ``__all__``, annotations."""
+    skip = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                for t in node.targets):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("warn", "write", "info", "debug", "warning", "print"):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("print", "_log", "log"):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+    return skip
+
+
+def _mutants_of(path: str) -> List[Dict]:
+    src = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    lines = src.splitlines()
+    tree = ast.parse(src)
+    skip = _skip_lines(tree)
+    found = []
+
+    def add(node, start, end, new, kind):
+        line = node.lineno
+        if line in skip or node.lineno != node.end_lineno:
+            return
+        old = lines[line - 1]
+        raw = old.encode("utf-8")            # ast columns are UTF-8 byte offsets
+        start = len(raw[:start].decode("utf-8"))
+        end = len(raw[:end].decode("utf-8"))
+        mutated = old[:start] + new + old[end:]
+        if mutated != old:
+            found.append({"file": path, "line": line, "kind": kind, "old": old.strip(),
+                          "new": mutated.strip(), "col": start, "end_col": end,
+                          "replacement": new})
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP:
+            left, right = node.left, node.comparators[0]
+            if left.end_lineno == right.lineno == node.lineno:
+                add(node, left.end_col_offset, right.col_offset,
+                    f" {_CMP[type(node.ops[0])]} ", "compare")
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BIN \
+                and node.left.end_lineno == node.right.lineno == node.lineno:
+            add(node, node.left.end_col_offset, node.right.col_offset,
+                f" {_BIN[type(node.op)]} ", "arith")
+        elif isinstance(node, ast.BoolOp) and len(node.values) == 2 \
+                and node.values[0].end_lineno == node.values[1].lineno == node.lineno:
+            op = "or" if isinstance(node.op, ast.And) else "and"
+            add(node, node.values[0].end_col_offset, node.values[1].col_offset, f" {op} ",
+                "bool")
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+            add(node, node.col_offset, node.operand.col_offset, "", "unary")
+        elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool) \
+                and node.lineno == node.end_lineno:
+            v = node.value
+            if isinstance(v, bool):
+                new = repr(not v)
+            elif isinstance(v, int):
+                new = repr(v + 1) if v != 1 else "2"
+            else:
+                new = repr(v * 2) if v != 0 else "1.0"
+            add(node, node.col_offset, node.end_col_offset, new, "constant")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in _SWAP_CALLS and node.func.end_lineno == node.lineno:
+            end = node.func.end_col_offset
+            add(node, end - len(node.func.attr), end, _SWAP_CALLS[node.func.attr], "call")
+        elif isinstance(node, ast.keyword) and node.arg in ("dim", "keepdim", "align_corners",
+                                                            "descending", "stable") \
+                and isinstance(node.value, ast.Constant) and node.lineno == node.end_lineno:
+            v = node.value.value
+            new = repr(not v) if isinstance(v, bool) else (repr(0 if v != 0 else 1)
+                                                           if isinstance(v, int) else None)
+            if new is not None:
+                add(node.value, node.value.col_offset, node.value.end_col_offset, new,
+                    "keyword")
+    return found
+
+
+def _context_map(out: str) -> Dict[str, Dict[str, List[str]]]:
+    path = os.path.join(out, "lines.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_coverage(args) -> None:
+    """Run the suite once under coverage with one context per test; store, per package
+    line, the test node ids that executed it."""
+    os.makedirs(args.out, exist_ok=True)
+    data = os.path.join(os.path.abspath(args.out), ".coverage")
+    rc = os.path.join(os.path.abspath(args.out), "coveragerc")
+    with open(rc, "w") as f:
+        f.write(f"[run]\nsource = {','.join(PACKAGES)}\ndynamic_context = test_function\n"
+                f"data_file = {data}\n")
+    env = dict(os.environ, COVERAGE_RCFILE=rc)
+    subprocess.run([sys.executable, "-m", "coverage", "run", "--rcfile", rc, "-m", "pytest",
+                    "-q", "-p", "no:cacheprovider"] + args.pytest_args,
+                   cwd=ROOT, env=env, check=False)
+    import coverage
+    cov = coverage.Coverage(data_file=data)
+    cov.load()
+    cd = cov.get_data()
+    table: Dict[str, Dict[str, List[str]]] = {}
+    for fpath in cd.measured_files():
+        rel = os.path.relpath(fpath, ROOT)
+        if not rel.startswith(PACKAGES):
+            continue
+        ctx = cd.contexts_by_lineno(fpath)
+        table[rel] = {str(k): sorted({c.split("|")[0] for c in v if c}) for k, v in ctx.items()}
+    with open(os.path.join(args.out, "lines.json"), "w") as f:
+        json.dump(table, f)
+    print(f"coverage contexts for {len(table)} files written to {args.out}/lines.json")
+
+
+def _test_ids(ctx_names: List[str]) -> List[str]:
+    """coverage's ``test_function`` contexts are ``module.Class.test``: map them to pytest
+    node ids (``tests/test_x.py::test``), parametrisations collapsed."""
+    ids = set()
+    for c in ctx_names:
+        parts = c.split(".")
+        for i in range(len(parts), 0, -1):
+            mod = os.path.join(*parts[:i]) + ".py"
+            if os.path.exists(os.path.join(ROOT, mod)):
+                ids.add(mod + "::" + "::".join(parts[i:]))
+                break
+    return sorted(ids)
+
+
+def cmd_list(args) -> None:
+    rng = random.Random(args.seed)
+    allm = [m for p in _package_files() for m in _mutants_of(p)]
+    lines = _context_map(args.out)
+    if args.covered_only and lines:
+        allm = [m for m in allm if lines.get(m["file"], {}).get(str(m["line"]))]
+    # at most one mutant per line, then a random sample
+    by_line: Dict[tuple, List[Dict]] = {}
+    for m in allm:
+        by_line.setdefault((m["file"], m["line"]), []).append(m)
+    pool = [rng.choice(ms) for ms in by_line.values()]
+    rng.shuffle(pool)
+    table = pool[:args.sample]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "mutants.json"), "w") as f:
+        json.dump(table, f, indent=1)
+    print(f"{len(table)} mutants (of {len(allm)} candidates on {len(by_line)} lines) "
+          f"written to {args.out}/mutants.json")
+
+
+def _apply(tree_root: str, m: Dict) -> str:
+    path = os.path.join(tree_root, m["file"])
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    old = lines[m["line"] - 1]
+    lines[m["line"] - 1] = old[:m["col"]] + m["replacement"] + old[m["end_col"]:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return text
+
+
+def cmd_run(args) -> None:
+    table = json.load(open(os.path.join(args.out, "mutants.json")))
+    lines = _context_map(args.out)
+    work = tempfile.mkdtemp(prefix="unimmad-mut-")
+    tree = os.path.join(work, "tree")
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "__pycache__", "*.egg-info", "bench_out", "mut*"))
+    env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE="1")
+    results_path = os.path.join(args.out, "results.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else []
+    done = {(r["file"], r["line"], r["new"]) for r in results}
+    for i, m in enumerate(table):
+        if (m["file"], m["line"], m["new"]) in done:
+            continue
+        tests = _test_ids(lines.get(m["file"], {}).get(str(m["line"]), []))
+        if args.max_tests and len(tests) > args.max_tests:
+            # a fixed random subset: fewer tests can only let more mutants survive
+            tests = sorted(random.Random(f"{m['file']}:{m['line']}").sample(tests,
+                                                                           args.max_tests))
+        if not tests and lines:
+            results.append(dict(m, status="survived", reason="no test runs this line",
+                                tests=0, seconds=0.0))
+        else:
+            original = _apply(tree, m)
+            t0 = time.time()
+            try:
+                cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                       "--benchmark-disable"] + (tests or ["tests"])
+                proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
+                                      timeout=args.timeout)
+                status = "killed" if proc.returncode != 0 else "survived"
+                reason = (proc.stdout.strip().splitlines() or [""])[-1][:200]
+            except subprocess.TimeoutExpired:
+                status, reason = "timeout", f"no verdict within {args.timeout}s"
+            finally:
+                with open(os.path.join(tree, m["file"]), "w", encoding="utf-8") as f:
+                    f.write(original)
+            results.append(dict(m, status=status, reason=reason, tests=len(tests),
+                                seconds=round(time.time() - t0, 1)))
+        r = results[-1]
+        print(f"[{i + 1}/{len(table)}] {r['status']:8s} {m['file']}:{m['line']} "
+              f"{m['old']!r} -> {m['new']!r}", flush=True)
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=1)
+    killed = sum(r["status"] == "killed" for r in results)
+    timeouts = sum(r["status"] == "timeout" for r in results)
+    n = max(len(results), 1)
+    print(f"killed {killed}/{len(results)} = {killed / n:.1%} (timeouts {timeouts}, counted as "
+          f"surviving; with them as killed {(killed + timeouts) / n:.1%})")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("coverage", help="run the suite under coverage (test contexts)")
+    c.add_argument("--out", required=True)
+    c.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
+    c.set_defaults(func=cmd_coverage)
+    c = sub.add_parser("list", help="draw a table of one-line mutants")
+    c.add_argument("--out", required=True)
+    c.add_argument("--sample", type=int, default=150)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--covered-only", action="store_true",
+                   help="draw only from lines some test executes")
+    c.set_defaults(func=cmd_list)
+    c = sub.add_parser("run", help="run the tests that cover each mutant's line")
+    c.add_argument("--out", required=True)
+    c.add_argument("--timeout", type=float, default=600)
+    c.add_argument("--max-tests", type=int, default=0,
+                   help="run at most this many of a line's covering tests (0: all)")
+    c.set_defaults(func=cmd_run)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
