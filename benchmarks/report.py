@@ -66,19 +66,27 @@ def _pytest_benchmark(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
 
 
 def _unimmad_bench(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
-    rows = ["| section | provider | level | B | units | dtype | median ms | samples/s | "
-            "peak MB | rel. err | status | speedup |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| section | provider | cache | level | B | M | units | dtype | median ms | samples/s | "
+            "peak MB | ref. peak MB | cache MB | rel. err | status | speedup | CPU-time speedup "
+            "| load (1 min) |", "|" + "---|" * 18]
     points = []
     dev = data["meta"].get("device", "?")
     for r in data["results"]:
         f = lambda k, fmt: "—" if r.get(k) is None else fmt.format(r[k])
-        rows.append(f"| {r['section']} | {r['provider']} | {f('level', '{}')} | {f('batch', '{}')} | "
+        rows.append(f"| {r['section']} | {r['provider']} | {f('cache', '{}')} | {f('level', '{}')} | "
+                    f"{f('batch', '{}')} | {f('modalities', '{}')} | "
                     f"{f('units', '{}')} | {f('dtype', '{}')} | {f('latency_median_ms', '{:.1f}')} | "
                     f"{f('samples_per_s', '{:.3f}')} | {f('peak_memory_mb', '{:.0f}')} | "
-                    f"{f('parity_rel_err', '{:.1e}')} | {f('status', '{}')} | {f('speedup', '{:.2f}×')} |")
+                    f"{f('ref_peak_memory_mb', '{:.0f}')} | {f('cache_mb', '{:.0f}')} | "
+                    f"{f('parity_rel_err', '{:.1e}')} | {f('status', '{}')} | {f('speedup', '{:.2f}×')} | "
+                    f"{f('speedup_cpu', '{:.2f}×')} | {f('load_1m', '{}')} |")
         if r["section"] == "model" and r.get("samples_per_s"):
-            points.append((f"{dev} {r['provider']}", r["batch"], r["samples_per_s"]))
-    return _meta_line(data["meta"]), rows, points
+            tag = r["provider"] + (f"[{r['cache']}]" if r.get("cache") else "")
+            points.append((f"{dev} {tag}", r["batch"], r["samples_per_s"]))
+    head = _meta_line(data["meta"])
+    if data.get("complete") is False:
+        head += " (run stopped before its end: the rows it measured)"
+    return head, rows, points
 
 
 def _gpu_rows(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
