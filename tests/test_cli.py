@@ -158,7 +158,7 @@ def test_run_interleaved_own_processes_one_call_at_a_time():
 
 def test_run_interleaved_reports_a_failing_process():
     from unimmad.bench.sections import run_interleaved
-    with pytest.raises(RuntimeError, match="broken failed in its process.*provider must be"):
+    with pytest.raises(RuntimeError, match="(?s)broken failed in its process.*provider must be"):
         run_interleaved("train", [_tiny_job("nonsense", None, "broken")], 0, 1, False)
 
 
