@@ -441,8 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark inference on generated inputs",
-                       description=bench.DESCRIPTION,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=bench.DESCRIPTION, formatter_class=bench.HelpFormatter)
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
@@ -451,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "layouts (MVTec 3D-AD: RGB + point cloud; BMAD: a CT-like scan), a "
                        "checkpoint and log, metric tables and overlays into --out. No "
                        "downloads, a few minutes on a CPU.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=bench.HelpFormatter)
     p.add_argument("--out", default="unimmad_demo", help="output folder")
     p.add_argument("--epochs", type=int, default=24, help="training epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of data, weights and sampling")
