@@ -68,6 +68,13 @@ def describe_prediction(score: float, image_rec: Optional[Dict]) -> str:
             f"threshold {float(image_rec['threshold']):.4g})")
 
 
+def _short_path(path: str, parts: int = 3) -> str:
+    """The last ``parts`` components of an item's path (``Ungood/img/001.png``): enough to
+    tell ``good/001.png`` from ``crack/001.png`` in a title or a file name."""
+    bits = [b for b in str(path).replace(os.sep, "/").split("/") if b]
+    return "/".join(bits[-parts:])
+
+
 def _write_overlays(out_dir: str, keep: Dict, thresholds: Dict) -> int:
     written = 0
     for c, slots in sorted(keep.items()):
@@ -81,7 +88,8 @@ def _write_overlays(out_dir: str, keep: Dict, thresholds: Dict) -> int:
                 pred = "anomalous" if img_rec and is_anomalous(score, img_rec) else (
                     "normal" if img_rec else "unscored")
                 norm = normalize(score, img_rec) if img_rec else score
-                stem = safe_component(os.path.splitext(os.path.basename(it["path"]))[0])
+                shown = _short_path(it["path"])
+                stem = safe_component(os.path.splitext(shown)[0].replace("/", "_"))
                 fname = f"{'highest' if name == 'high' else 'lowest'}{rank + 1}_{pred}_" \
                         f"{norm:.2f}_{stem}.png"
                 mask = it["mask"] > 0.5
@@ -89,7 +97,7 @@ def _write_overlays(out_dir: str, keep: Dict, thresholds: Dict) -> int:
                 save_overlay(os.path.join(folder, fname), it["modalities"], it["map"],
                              pixel_record=pix_rec, scale=None if pix_rec else RAW_SCALE,
                              pred_mask=pred_mask, gt_mask=mask if mask.any() else None, gt_label=it["label"],
-                             title=f"{c} · {os.path.basename(it['path'])} · "
+                             title=f"{c} · {shown} · "
                                    f"{'highest' if name == 'high' else 'lowest'}-scored "
                                    f"#{rank + 1} of the class",
                              prediction=describe_prediction(score, img_rec))
@@ -111,10 +119,10 @@ def evaluate(model, dataset, out_dir: Optional[str] = None, batch_size: int = 16
 
     With ``out_dir``: ``results.{csv,json,md}``, ``thresholds.json`` and, for each class,
     pictures of its ``overlays`` highest- and lowest-scored items in
-    ``out_dir/overlays/<class>/`` named ``highest1_<prediction>_<normalised score>_<file
-    stem>.png`` (see :mod:`unimmad.engine.visualize`; the class name made one safe folder
-    name by :func:`~unimmad.data.io.safe_component`: a name with ``/``, ``..`` or an
-    absolute path never leads outside ``out_dir``).
+    ``out_dir/overlays/<class>/`` named ``highest1_<prediction>_<normalised
+    score>_<last two folders and file stem>.png`` (see :mod:`unimmad.engine.visualize`;
+    the class name made one safe folder name by :func:`~unimmad.data.io.safe_component`:
+    a name with ``/``, ``..`` or an absolute path never leads outside ``out_dir``).
     """
     ev = Evaluator(aupro=aupro, pixel_bins=pixel_bins)
     overall = ThresholdAccumulator(pixel_bins)

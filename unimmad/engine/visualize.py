@@ -118,8 +118,8 @@ def save_overlay(path: str, modalities: Sequence[Tuple[str, np.ndarray]],
     for ax, (name, img) in zip(axes, modalities):
         ax.imshow(img)
         _contour(ax, pred_mask, "white")
-        ax.set_title(name + (" + predicted mask" if pred_mask is not None and pred_mask.any()
-                             else ""), fontsize=8)
+        ax.set_title(name + (" · predicted defect pixels outlined"
+                             if pred_mask is not None and pred_mask.any() else ""), fontsize=8)
     ax = axes[len(modalities)]
     base = modalities[0][1].mean(axis=2) if modalities[0][1].ndim == 3 else modalities[0][1]
     ax.imshow(base, cmap="gray")
