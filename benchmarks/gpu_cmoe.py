@@ -1,131 +1,134 @@
-"""GPU benchmark of the C-MoE (H200 suite): ``python -m benchmarks.gpu_cmoe --out DIR``.
+"""Stage ``cmoe`` of the GPU suite: the whole C-MoE layer.
 
-Per level and U ∈ {1, 8, 32} (one unit per sample), inference:
-  reference  the paper's formulation, fp32 (PyTorch's default cuDNN TF32 setting, recorded)
-  torch      collapse + fold in stock torch, bf16, channels_last, cudnn.benchmark
-  triton     the fused kernels, bf16, channels_last
-plus forward + backward at U = 8 (fp32 reference / torch / triton), the bf16 tensor-core
-throughput of a 8192³ matmul, and the level-1 k = 5 folded convolution alone at U = 32
-against it.  Times from ``triton.testing.do_bench`` (median, ms).  Writes
-``DIR/gpu_cmoe.json``.
+    python -m benchmarks.gpu_cmoe --out DIR [--budget-s S] [--units 32,1]
+
+Rows (``DIR/cmoe.json``, rewritten after every row), most important first:
+
+* ``cmoe_inference`` per U in ``--units`` (one unit per sample) and level 1–3:
+  ``reference`` (the paper's formulation, fp32; PyTorch's default TF32 setting, recorded),
+  ``torch`` (collapse + fold in stock torch, bf16, channels-last, ``cudnn.benchmark``) and
+  ``triton`` (the fused kernels, bf16, channels-last), with the relative difference of
+  each output from the reference's (information: bf16 may route near-tied units
+  differently; parity is the ``parity`` stage's job);
+* ``cmoe_train``: forward + backward at U = 8, fp32, every provider;
+* ``summary``: at U = 32, the Triton layer's speedup over the fp32 reference (target ≥ 4×)
+  and over the torch path (target ≥ 1.2×), per level.
+
+Times: ``triton.testing.do_bench`` medians (ms); FLOPs from :func:`unimmad.flops.cmoe_gflop`.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
-
 import torch
 
-from kernels import cmoe_ops
-from unimmad.bench.cases import PAPER_LEVELS, cmoe_module, level_case
-from unimmad.bench.meta import environment
-from unimmad.bench.timing import do_bench_ms as bench
+from unimmad.bench.cases import cmoe_case, cmoe_module
+from unimmad.bench.parity import rel_err
+from unimmad.bench.record import ms_fields, open_record, run_script, script_parser
+from unimmad.bench.timing import do_bench_ms
+from unimmad.config import UniMMADConfig
 from unimmad.flops import cmoe_gflop
 
+#: Where and at which dimensions it runs (the CPU smoke test shrinks them).
+DEVICE = "cuda"
+CFG = UniMMADConfig()
+LEVELS = (1, 2, 3)
+
+PROVIDERS = [("reference", torch.float32), ("torch", torch.bfloat16),
+             ("triton", torch.bfloat16)]
+TRAIN_PROVIDERS = ("reference", "torch", "triton")
+TARGETS = {"vs_reference_fp32": 4.0, "vs_torch": 1.2}
 
 
-
-def matmul_tflops() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = bench(lambda: a @ b)
-    return 2 * 8192 ** 3 / (ms * 1e-3) / 1e12
-
-
-def copy_gbps() -> float:
-    x = torch.empty(2 ** 30, device="cuda", dtype=torch.uint8)
-    y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x))
-    return 2 * x.numel() / (ms * 1e-3) / 1e9
+def _inputs(provider, dtype, general, prior):
+    if provider == "reference":
+        return general, prior
+    fmt = torch.channels_last
+    return (general.to(dtype).contiguous(memory_format=fmt),
+            prior.to(dtype).contiguous(memory_format=fmt))
 
 
-def make(level, units, provider, dtype, channels_last):
-    module, general, prior, uts = level_case(level, units, device="cuda")
-    module = cmoe_module(module, provider).to(dtype)
-    general, prior = general.to(dtype), prior.to(dtype)
-    if channels_last:
-        general = general.contiguous(memory_format=torch.channels_last)
-        prior = prior.contiguous(memory_format=torch.channels_last)
-    return module, general, prior, uts
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--units", default="1,8,32")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_cmoe: needs CUDA")
-    os.makedirs(args.out, exist_ok=True)
-    torch.backends.cudnn.benchmark = True
-    t_start = time.time()
-    record = {"meta": environment("cuda"), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-              "matmul_bf16_tflops": matmul_tflops(), "copy_gbps": copy_gbps(), "rows": []}
-    rows = record["rows"]
-    units_list = [int(u) for u in args.units.split(",")]
-    configs = [("reference", torch.float32, False), ("torch", torch.bfloat16, True),
-               ("triton", torch.bfloat16, True)]
-    for level in (1, 2, 3):
-        for units in units_list:
-            for provider, dtype, cl in configs:
-                module, general, prior, uts = make(level, units, provider, dtype, cl)
-                module.eval()
+def inference_rows(rec, units: int) -> None:
+    for level in LEVELS:
+        what = {"kind": "cmoe_inference", "level": level, "units": units}
+        if rec.over_budget():
+            rec.skip(what)
+            continue
+        ref_module, general, prior, uts = cmoe_case(CFG, level, units, device=DEVICE)
+        ref_module.eval()
+        ref_out = {}
+        for provider, dtype in PROVIDERS:
+            def measure(provider=provider, dtype=dtype):
+                module = cmoe_module(ref_module, provider).to(dtype).eval()
+                g, p = _inputs(provider, dtype, general, prior)
 
                 def run():
                     with torch.inference_mode():
-                        return module(general, prior, uts)[0]
-                try:
-                    ms = bench(run)
-                    err = None
-                except Exception as exc:  # record and go on: one failure must not hide the rest
-                    ms, err = None, f"{type(exc).__name__}: {exc}"[:500]
-                gf = cmoe_gflop(*PAPER_LEVELS[level], units=units,
+                        return module(g, p, uts)[0]
+                out = run().float()
+                if provider == "reference":
+                    ref_out["p"] = out
+                gf = cmoe_gflop(CFG.level_channels[level - 1], CFG.level_sizes[level - 1],
+                                units=units, embed_dim=CFG.embed_dim,
+                                kernel_sizes=CFG.cmoe_kernel_sizes, top_k=CFG.top_k,
                                 form="reference" if provider == "reference" else "folded")
-                rows.append({"kind": "cmoe_inference", "level": level, "units": units,
-                             "provider": provider, "dtype": str(dtype).split(".")[-1],
-                             "channels_last": cl, "ms": ms, "gflop": gf,
-                             "tflops": gf / ms if ms else None,
-                             "units_per_s": units / (ms * 1e-3) if ms else None, "error": err})
-                print(json.dumps(rows[-1]), flush=True)
-                del module, general, prior
-                torch.cuda.empty_cache()
-    for level in (1, 2, 3):
-        for provider in ("reference", "torch", "triton"):
-            module, general, prior, uts = make(level, 8, provider, torch.float32, provider != "reference")
-            module.train()
-            general.requires_grad_(True)
-
-            def step():
-                p, aux = module(general, prior, uts)
-                (p.square().mean() + aux.balance_loss).backward()
-            try:
-                ms, err = bench(step, rep=50), None
-            except Exception as exc:
-                ms, err = None, f"{type(exc).__name__}: {exc}"[:500]
-            rows.append({"kind": "cmoe_train", "level": level, "units": 8, "provider": provider,
-                         "dtype": "float32", "ms": ms, "error": err})
-            print(json.dumps(rows[-1]), flush=True)
-            del module, general, prior
+                ms = do_bench_ms(run)
+                row = {**ms_fields(ms, flop=gf * 1e9), "gflop": gf,
+                       "units_per_s": units / (ms * 1e-3)}
+                if provider != "reference" and "p" in ref_out:
+                    row["rel_diff_vs_reference"] = rel_err(out, ref_out["p"])
+                return row
+            rec.row({**what, "provider": provider, "dtype": str(dtype)[6:],
+                     "channels_last": provider != "reference"}, measure)
             torch.cuda.empty_cache()
-    # The level-1 k = 5 folded convolution alone, U = 32, bf16.
-    x = torch.randn(32, 256, 64, 64, device="cuda", dtype=torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, 256, 25 * 256, device="cuda", dtype=torch.bfloat16) * 0.01
-    jobs = torch.arange(32, device="cuda")
-    conv_gf = 2.0 * 32 * 256 * 256 * 25 * 64 * 64 / 1e9
-    for backend in ("triton", "torch"):
-        ms = bench(lambda: cmoe_ops.dyn_conv(x, w, jobs, jobs, 5, backend, same_samples=True,
-                                        same_weights=True))
-        rows.append({"kind": "conv_k5_level1_u32_bf16", "provider": backend, "ms": ms,
-                     "tflops": conv_gf / ms,
-                     "fraction_of_matmul": conv_gf / ms / record["matmul_bf16_tflops"]})
-        print(json.dumps(rows[-1]), flush=True)
-    record["wall_s"] = time.time() - t_start
-    with open(os.path.join(args.out, "gpu_cmoe.json"), "w") as f:
-        json.dump(record, f, indent=2)
+        del ref_module, general, prior, ref_out
+        torch.cuda.empty_cache()
+
+
+def train_rows(rec, units: int = 8) -> None:
+    for level in LEVELS:
+        what = {"kind": "cmoe_train", "level": level, "units": units, "dtype": "float32"}
+        if rec.over_budget():
+            rec.skip(what)
+            continue
+        ref_module, general, prior, uts = cmoe_case(CFG, level, units, device=DEVICE)
+        for provider in TRAIN_PROVIDERS:
+            def measure(provider=provider):
+                module = cmoe_module(ref_module, provider).train()
+                g = general.clone().requires_grad_(True)
+
+                def step():
+                    p, aux = module(g, prior, uts)
+                    (p.square().mean() + aux.balance_loss).backward()
+                return {"ms": do_bench_ms(step, rep=50)}
+            rec.row({**what, "provider": provider}, measure)
+            torch.cuda.empty_cache()
+        del ref_module, general, prior
+        torch.cuda.empty_cache()
+
+
+def summary(rows, units: int = 32):
+    """Speedups of the Triton layer at ``units`` per level, with the targets."""
+    out = {}
+    for level in LEVELS:
+        ms = {r["provider"]: r.get("ms") for r in rows if r["kind"] == "cmoe_inference"
+              and r["level"] == level and r["units"] == units}
+        if ms.get("triton"):
+            ratio = lambda other: ms[other] / ms["triton"] if ms.get(other) else None
+            out[f"level{level}"] = {"vs_reference_fp32": ratio("reference"),
+                                    "vs_torch": ratio("torch")}
+    return {"units": units, "speedup": out, "targets": TARGETS}
+
+
+def main(argv=None):
+    ap = script_parser(__doc__)
+    ap.add_argument("--units", default="32,1", help="units per inference row set (32,1)")
+    args = ap.parse_args(argv)
+    with open_record(args, "cmoe.json", DEVICE) as rec:
+        units_list = [int(u) for u in args.units.split(",")]
+        for units in units_list:
+            inference_rows(rec, units)
+            rec.set("summary", summary(rec.data["rows"], max(units_list)))
+        train_rows(rec)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

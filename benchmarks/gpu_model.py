@@ -1,27 +1,29 @@
-"""GPU end-to-end benchmark (H200 suite): ``python -m benchmarks.gpu_model --out DIR``.
+"""Stage ``model`` of the GPU suite: the whole model end to end.
 
-Reference model vs ``unimmad.accelerate(model, backend="triton")``, B ∈ {1, 32}, 1 and 2 modalities per
-sample, fp32 and bf16, paper dimensions; the accelerated model also replayed as a CUDA
-graph (input validation off, units precomputed).  Each row records the parity error of the
-accelerated output against the reference output of the same run.  Writes
-``DIR/gpu_model.json``.
+    python -m benchmarks.gpu_model --out DIR [--budget-s S] [--batches 32,1]
+
+The reference model against ``unimmad.accelerate(model, backend="triton")`` at paper
+dimensions, per batch (``--batches``, B = 32 first), dtype (fp32, bf16) and 2 then 1
+modalities per sample; the accelerated model also replayed as a CUDA graph (input
+validation off, units precomputed).  Each accelerated row records its output's relative error against the
+reference output of the same inputs, judged with the SPEC §3 tolerance.  Rows go to
+``DIR/model.json`` as they are measured.
 """
 from __future__ import annotations
-
-import argparse
-import json
-import os
-import time
 
 import torch
 
 from unimmad.bench.cases import build_model, model_inputs, preset_config
-from unimmad.bench.meta import environment
 from unimmad.bench.parity import rel_err, tolerance
-from unimmad.bench.timing import do_bench_ms as bench
+from unimmad.bench.record import open_record, run_script, script_parser
+from unimmad.bench.timing import do_bench_ms
 from unimmad.models.model import pack_units
 
-
+#: Where and at which preset it runs (the CPU smoke test uses "cpu" and "tiny").
+DEVICE = "cuda"
+PRESET = "paper"
+FAST = "triton"        # the accelerated provider (the CPU smoke test uses "torch")
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def graph_of(model, images, nm):
@@ -40,74 +42,75 @@ def graph_of(model, images, nm):
     return graph.replay, out
 
 
+def _parity(row, out, ref, tol):
+    row["parity_rel_err"] = rel_err(out, ref)
+    row["parity_tol"] = tol
+    row["parity_ok"] = row["parity_rel_err"] <= tol
+
+
+def case_rows(rec, models, cfg, batch: int, modalities: int, dtype, device) -> None:
+    """Reference, accelerated and CUDA-graph rows of one (batch, modalities, dtype)."""
+    tol = tolerance(dtype, device)
+    images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
+    what = {"batch": batch, "modalities": modalities, "dtype": str(dtype).replace("torch.", "")}
+    on_gpu = device.type == "cuda"
+    ref = {}
+    for provider, model in models.items():
+        def measure(model=model, provider=provider):
+            model.validate_inputs = True
+
+            def call():
+                with torch.inference_mode():
+                    return model(images, nm)
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            out = call().anomaly_map.float()
+            row = {"ms": do_bench_ms(call), "peak_memory_mb": (
+                torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None)}
+            row["samples_per_s"] = batch / (row["ms"] * 1e-3)
+            if provider == "reference":
+                ref["map"] = out
+            elif "map" in ref:
+                _parity(row, out, ref["map"], tol)
+            return row
+        rec.row({**what, "provider": provider}, measure)
+
+    def graph_row():
+        try:
+            replay, static = graph_of(models[FAST], images, nm)
+            replay()
+            torch.cuda.synchronize()
+            row = {"ms": do_bench_ms(replay)}
+            if "map" in ref:
+                _parity(row, static.anomaly_map.float(), ref["map"], tol)
+        finally:
+            models[FAST].validate_inputs = True
+        row["samples_per_s"] = batch / (row["ms"] * 1e-3)
+        return row
+    rec.row({**what, "provider": f"{FAST}+graph"}, graph_row)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--batches", default="1,32")
+    ap = script_parser(__doc__)
+    ap.add_argument("--batches", default="32,1")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_model: needs CUDA")
-    os.makedirs(args.out, exist_ok=True)
-    torch.backends.cudnn.benchmark = True
-    start = time.time()
-    cfg = preset_config("paper")
-    device = torch.device("cuda")
-    record = {"meta": environment(device), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-              "rows": []}
-    for dtype in (torch.float32, torch.bfloat16):
-        tol = tolerance(dtype, device)
-        models = {p: build_model(cfg, 0, dtype, device, p) for p in ("reference", "triton")}
+    cfg = preset_config(PRESET)
+    device = torch.device(DEVICE)
+    models = {}          # per dtype, built once: the rows run batch by batch, B = 32 first
+    with open_record(args, "model.json", DEVICE) as rec:
         for batch in (int(b) for b in args.batches.split(",")):
-            for modalities in (1, 2):
-                images, nm = model_inputs(cfg, batch, modalities, 1, dtype, device)
-                outs = {}
-                for provider, model in models.items():
-                    model.validate_inputs = True
-
-                    def call(model=model):
-                        with torch.inference_mode():
-                            return model(images, nm)
-                    row = {"batch": batch, "modalities": modalities, "provider": provider,
-                           "dtype": str(dtype).split(".")[-1], "error": None}
-                    try:
-                        torch.cuda.reset_peak_memory_stats()
-                        outs[provider] = call().anomaly_map.float()
-                        row["ms"] = bench(call)
-                        row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
-                        row["samples_per_s"] = batch / (row["ms"] * 1e-3)
-                    except Exception as exc:
-                        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                    if provider != "reference" and "reference" in outs and provider in outs:
-                        row["parity_rel_err"] = rel_err(outs[provider], outs["reference"])
-                        row["parity_ok"] = row["parity_rel_err"] <= tol
-                    record["rows"].append(row)
-                    print(json.dumps(row), flush=True)
-                # CUDA graph replay of the accelerated model
-                row = {"batch": batch, "modalities": modalities, "provider": "triton+graph",
-                       "dtype": str(dtype).split(".")[-1], "error": None}
-                try:
-                    replay, static = graph_of(models["triton"], images, nm)
-                    replay()
-                    torch.cuda.synchronize()
-                    if "reference" in outs:
-                        row["parity_rel_err"] = rel_err(static.anomaly_map.float(), outs["reference"])
-                        row["parity_ok"] = row["parity_rel_err"] <= tol
-                    row["ms"] = bench(replay)
-                    row["samples_per_s"] = batch / (row["ms"] * 1e-3)
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                finally:
-                    models["triton"].validate_inputs = True
-                record["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                del images, outs
-                torch.cuda.empty_cache()
-        del models
-        torch.cuda.empty_cache()
-    record["wall_s"] = time.time() - start
-    with open(os.path.join(args.out, "gpu_model.json"), "w") as f:
-        json.dump(record, f, indent=2)
-
+            for dtype in DTYPES:
+                for modalities in (2, 1):
+                    what = {"batch": batch, "modalities": modalities,
+                            "dtype": str(dtype).replace("torch.", "")}
+                    if rec.over_budget():
+                        rec.skip(what)
+                        continue
+                    if dtype not in models:
+                        models[dtype] = {p: build_model(cfg, 0, dtype, device, p)
+                                         for p in ("reference", FAST)}
+                    case_rows(rec, models[dtype], cfg, batch, modalities, dtype, device)
+                    torch.cuda.empty_cache()
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -3,8 +3,8 @@
 (``benchmarks/results/throughput.png``).
 
 Understood formats: pytest-benchmark JSON (``--benchmark-json``), ``unimmad bench``'s
-``bench.json``, and the GPU suite's ``gpu_*.json``.  Every section names the machine,
-versions, commit and date of its file.
+``bench.json``, and the GPU suite's files (``suite.json`` and every stage's ``*.json``).
+Every section names the machine, versions, commit and date of its file.
 """
 from __future__ import annotations
 
@@ -85,11 +85,34 @@ def _gpu_rows(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
         if r.get("samples_per_s") and r.get("batch") and not r.get("error"):
             points.append((f"cuda {r['provider']} {r.get('dtype', '')} M={r.get('modalities')}",
                            r["batch"], r["samples_per_s"]))
-    extra = {k: v for k, v in data.items() if k not in ("rows", "meta") and not isinstance(v, (dict, list))}
+    extra = {k: v for k, v in data.items()
+             if k not in ("rows", "meta", "skipped") and not isinstance(v, (dict, list))}
     head = _meta_line(data["meta"]) + ("; " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
                                                         else f"{k} {v}" for k, v in extra.items())
                                        if extra else "")
+    # ceilings, summaries, floors: one line each
+    for k, v in data.items():
+        if isinstance(v, dict) and k not in ("meta",):
+            head += f"\n\n{k}: `{json.dumps(v, default=str)}`"
+    if data.get("skipped"):
+        head += f"\n\nskipped (time budget): {len(data['skipped'])} rows"
     return head, rows, points
+
+
+def _suite(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
+    """``suite.json`` of the GPU suite: one row per stage."""
+    src = data.get("source", {})
+    ver = data.get("versions", {})
+    head = (f"GPU suite on {data.get('gpu') or '?'}; commit {str(src.get('commit'))[:10]} "
+            f"(from {src.get('commit_from')}, tree matches: {src.get('tree_matches')}); "
+            f"torch {ver.get('torch')}, triton {ver.get('triton')}; status {data.get('status')}, "
+            f"{data.get('wall_s')} s")
+    rows = ["| stage | status | seconds | budget s | exit | note |", "|---|---|---|---|---|---|"]
+    for r in data.get("stages", []):
+        rows.append(f"| {r['stage']} | {r['status']} | {r.get('seconds', '—')} | "
+                    f"{r.get('budget_s', '—')} | {r.get('returncode', '—')} | "
+                    f"{r.get('why', '')} |")
+    return head, rows, []
 
 
 def load(path: str):
@@ -101,6 +124,8 @@ def load(path: str):
         return _unimmad_bench(data)
     if "rows" in data and "meta" in data:
         return _gpu_rows(data)
+    if "stages" in data and "plan" in data:
+        return _suite(data)
     raise ValueError(f"{path}: not a benchmark result this report understands")
 
 

@@ -32,8 +32,9 @@ array             shape / dtype           meaning
 
 Kernels:
 
-* ``_cos_kernel`` — kernel 1: streams u and p once, channel block by channel block, and
-  reduces ``u·p``, ``‖u‖²``, ``‖p‖²`` in fp32; writes ``A = 1 − cos`` (map) or the loss
+* ``_cos_kernel`` — kernel 1: streams u and p once, channel block by channel block (a
+  software-pipelined loop: asynchronous copies ``PIPE − 1`` blocks ahead), and reduces
+  ``u·p``, ``‖u‖²``, ``‖p‖²`` in fp32; writes ``A = 1 − cos`` (map) or the loss
   terms ``sg(A)^γ·A`` and the backward coefficients (``LOSS``), all low-resolution.  Grid ``(pixel tiles, U)``.
 * ``_map_tile_kernel`` — kernel 2: one ``T × T`` output tile of one sample per program.
   Bilinear upsampling (align_corners=True) and the zero-padded Gaussian blur are linear
@@ -61,27 +62,35 @@ import torch
 from unimmad.scoring import COS_EPS, gaussian_kernel1d
 
 from . import amap_torch
-from .backend import HAVE_TRITON, INTERPRET, configs, output, resolve, tl, triton
+from .backend import HAVE_TRITON, all_configs, configs, interpreted, output, resolve, tl, triton
 
-__all__ = ["cosine_maps", "combine_maps", "anomaly_map", "image_score",
+__all__ = ["TUNED", "COS_TUNED", "STREAM_TUNED", "cosine_maps", "combine_maps", "anomaly_map",
+           "image_score",
            "focal_cosine_forward", "focal_cosine_grad", "TILE", "MAX_TOPK"]
 
 TILE = 32            # output tile of the map kernel (T)
 MAX_TOPK = 1024      # largest k the sort-based score kernel handles (beyond: torch.topk)
-SCORE_BLOCK = 64 if INTERPRET else 4096  # elements sorted per program, first passes
+SCORE_BLOCK = 4096   # elements sorted per program in the first passes (64 on the interpreter)
 
-# Tile configurations of the streaming kernels (cosine stage, loss backward):
-# (BLOCK_P, BLOCK_C, num_warps, num_stages) — wide pixel tiles for NCHW (pixels
-# contiguous), wide channel tiles for channels-last.
-_STREAM_TUNED = [(64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 8, 3), (16, 128, 4, 3)]
-
-
-def _stream_configs():
-    return configs(("BLOCK_P", "BLOCK_C"), _STREAM_TUNED,
-                   (64, 32, 4, 3) if INTERPRET else (64, 16, 4, 3))
+# Tile configurations of the streaming kernels; the first row of each list is the pinned
+# one (``UNIMMAD_AUTOTUNE=0``, and the interpreter).  Wide pixel tiles suit NCHW (pixels
+# contiguous), wide channel tiles channels-last.  Cosine stage: (BLOCK_P, BLOCK_C, PIPE,
+# num_warps, num_stages) — PIPE is the software-pipelining depth of its channel loop
+# (asynchronous copies PIPE − 1 blocks ahead; 1: plain vector loads), kept as a tuning
+# choice because only a GPU can tell which streams faster.  Loss backward (no loop):
+# (BLOCK_P, BLOCK_C, num_warps, num_stages).
+COS_TUNED = [(64, 32, 3, 4, 3), (128, 16, 3, 4, 3), (16, 128, 3, 4, 3), (128, 32, 2, 8, 3),
+             (64, 32, 1, 4, 3)]
+STREAM_TUNED = [(64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 8, 3), (16, 128, 4, 3)]
+#: Every configuration of each autotuned kernel, by kernel name (see
+#: :data:`kernels.cmoe_triton.TUNED`).
+TUNED: dict = {}
 
 
 if HAVE_TRITON:
+
+    TUNED.update(_cos_kernel=all_configs(("BLOCK_P", "BLOCK_C", "PIPE"), COS_TUNED),
+                 _focal_grad_kernel=all_configs(("BLOCK_P", "BLOCK_C"), STREAM_TUNED))
 
     @triton.jit
     def _pixel_offsets(offs_p, W, sh, sw, FLAT: tl.constexpr):
@@ -92,13 +101,15 @@ if HAVE_TRITON:
             return offs_p * sw
         return (offs_p // W) * sh + (offs_p % W) * sw
 
-    @triton.autotune(configs=_stream_configs(), key=["C", "P", "CHANNELS_LAST", "LOSS"])
+    @triton.autotune(configs=configs(("BLOCK_P", "BLOCK_C", "PIPE"), COS_TUNED),
+                     key=["C", "P", "CHANNELS_LAST", "LOSS"])
     @triton.jit
     def _cos_kernel(u_ptr, p_ptr, a_ptr, coef_ptr,
                     C, P, W, a_off, coef_stride, gamma, inv_p, eps,
                     sun, suc, suh, suw, spn, spc, sph, spw,
                     CHANNELS_LAST: tl.constexpr, LOSS: tl.constexpr, GAMMA_INT: tl.constexpr,
-                    FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                    FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    PIPE: tl.constexpr):
         pid_p = tl.program_id(0)
         n = tl.program_id(1).to(tl.int64)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -110,7 +121,7 @@ if HAVE_TRITON:
         acc_d = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         acc_p = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
+        for c0 in tl.range(0, C, BLOCK_C, num_stages=PIPE):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             m = (offs_c < C)[:, None] & p_ok[None, :]
             a = tl.load(u_base + offs_c[:, None] * suc + u_pix[None, :], mask=m,
@@ -235,7 +246,8 @@ if HAVE_TRITON:
         else:
             tl.store(out_ptr + b * out_stride + blk * KP + idx, x, mask=idx < KP)
 
-    @triton.autotune(configs=_stream_configs(), key=["C", "P", "CHANNELS_LAST"])
+    @triton.autotune(configs=configs(("BLOCK_P", "BLOCK_C"), STREAM_TUNED),
+                     key=["C", "P", "CHANNELS_LAST"])
     @triton.jit
     def _focal_grad_kernel(g_ptr, ca_ptr, cb_ptr, x_ptr, y_ptr, o_ptr, C, P, W,
                            sxn, sxc, sxh, sxw, syn, syc, syh, syw, son, soc, soh, sow,
@@ -386,7 +398,7 @@ def combine_maps(a: torch.Tensor, dims: Sequence[Tuple[int, int]], unit_to_sampl
     grid = (triton.cdiv(H, TILE) * n_tx, num_samples)
     _map_tile_kernel[grid](a, order, offsets, meta, mats, wins, gtile, out, U, len(dims), H, W,
                            n_tx, JOINT=mode == "joint", T=TILE, HALO=halo, WIN=win, RADIUS=r,
-                           num_warps=4)
+                           num_warps=8 if mode == "joint" else 4)   # joint: 4 warps spill
     return out
 
 
@@ -417,7 +429,7 @@ def image_score(anomaly_map: torch.Tensor, k: int,
     if B == 0:
         return out
     kp = triton.next_power_of_2(k)
-    block = max(SCORE_BLOCK, 2 * kp)
+    block = max(64 if interpreted() else SCORE_BLOCK, 2 * kp)
     while N > block:                      # keep the top kp of every block
         nblk = triton.cdiv(N, block)
         cand = torch.empty(B, nblk * kp, dtype=torch.float32, device=x.device)

@@ -17,13 +17,18 @@ take a ``backend`` argument:
 that runs; every error text about backends lives here.  The module also holds the switches
 every Triton file shares: whether Triton is importable, the interpreter flag
 (``TRITON_INTERPRET=1``, read at import), the autotune flag (``UNIMMAD_AUTOTUNE=0`` pins one
-configuration), the fp32 dot precision, and the ``out=`` buffer helper of the launchers.
+configuration), the autotune configuration lists (:func:`configs`) and
+:func:`forced_config` (one configuration at a time, for the parity tests),
+:func:`gpu_launch_params` (GPU launch parameters under the interpreter, for
+:mod:`kernels.compile_check`), the fp32 dot precision, and the ``out=`` buffer helper of
+the launchers.
 No GPU is queried at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -36,7 +41,8 @@ except Exception:  # pragma: no cover - exercised only where triton is missing
     HAVE_TRITON = False
 
 __all__ = ["BACKENDS", "HAVE_TRITON", "INTERPRET", "AUTOTUNE", "TRITON_DTYPES", "check_name",
-           "resolve", "configs", "default_precision", "output", "triton", "tl"]
+           "resolve", "configs", "all_configs", "interpreted", "gpu_launch_params",
+           "forced_config", "default_precision", "output", "triton", "tl"]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 #: The floating dtypes the Triton kernels take (float64 runs on the torch path).
@@ -93,14 +99,60 @@ def resolve(backend: str, *tensors: torch.Tensor) -> str:
     return backend
 
 
-def configs(names: Sequence[str], tuned: Sequence[tuple], pinned: tuple) -> list:
-    """Autotune configurations of one kernel: a ``triton.Config`` per row ``(*block sizes
-    named by names, num_warps, num_stages)`` of ``tuned``, or only the ``pinned`` row when
-    autotuning is off (interpreter, ``UNIMMAD_AUTOTUNE=0``)."""
-    rows = tuned if AUTOTUNE else [pinned]
+_GPU_PARAMS = [False]   # set inside gpu_launch_params()
+
+
+def interpreted() -> bool:
+    """Whether the launchers pick the interpreter's launch parameters (small tiles, fp32
+    upcast of ``tl.dot`` operands): under ``TRITON_INTERPRET=1``, except inside
+    :func:`gpu_launch_params`."""
+    return INTERPRET and not _GPU_PARAMS[0]
+
+
+@contextlib.contextmanager
+def gpu_launch_params() -> Iterator[None]:
+    """Within this block the launchers choose what they choose on a GPU (native bf16 dot
+    operands, GPU tile sizes) even under the interpreter: :mod:`kernels.compile_check`
+    records launches this way, without executing them."""
+    old, _GPU_PARAMS[0] = _GPU_PARAMS[0], True
+    try:
+        yield
+    finally:
+        _GPU_PARAMS[0] = old
+
+
+def all_configs(names: Sequence[str], rows: Sequence[tuple]) -> list:
+    """A ``triton.Config`` per row ``(*block sizes named by names, num_warps, num_stages)``."""
     n = len(names)
     return [triton.Config(dict(zip(names, row[:n])), num_warps=row[n], num_stages=row[n + 1])
             for row in rows]
+
+
+def configs(names: Sequence[str], tuned: Sequence[tuple], interpreter: Optional[tuple] = None
+            ) -> list:
+    """Autotune configurations of one kernel: every row of ``tuned`` (see
+    :func:`all_configs`); only its first row, the pinned one, when autotuning is off
+    (``UNIMMAD_AUTOTUNE=0``); the ``interpreter`` row (default: the pinned one) under
+    ``TRITON_INTERPRET=1``."""
+    if INTERPRET:
+        return all_configs(names, [interpreter or tuned[0]])
+    return all_configs(names, tuned if AUTOTUNE else tuned[:1])
+
+
+@contextlib.contextmanager
+def forced_config(kernel, config) -> Iterator[None]:
+    """Run the autotuned ``kernel`` with ``config`` alone inside this block (no tuning:
+    an autotuner with one configuration launches it as it is); its tuning cache is
+    restored afterwards.  The parity tests force every configuration in turn."""
+    saved_configs, saved_cache = kernel.configs, dict(kernel.cache)
+    kernel.configs = [config]
+    kernel.cache.clear()
+    try:
+        yield
+    finally:
+        kernel.configs = saved_configs
+        kernel.cache.clear()
+        kernel.cache.update(saved_cache)
 
 
 def default_precision() -> str:

@@ -157,6 +157,9 @@ class FastCMoE(CMoE):
         if backend == "reference":
             return super().branch_filter(branch, x, unit_to_sample, indices, scores)
         U = unit_to_sample.shape[0]
+        # The value is a GroupNorm output (NCHW on CUDA): hand the conv its fast layout
+        # before the op, so the saved value and its gradient stay in it too.
+        x = cmoe_ops.to_input_format(x, backend)
         kernels = self.folded_kernels(branch, indices, scores, backend, x.dtype)
         same = (U == x.shape[0] and unit_to_sample.device.type == "cpu"
                 and not torch.compiler.is_compiling()

@@ -19,7 +19,7 @@ from torch import Tensor
 from . import cmoe_torch, cmoe_triton
 from .backend import default_precision, resolve
 
-__all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank"]
+__all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank", "to_input_format"]
 
 #: Implementation of each resolved backend.  The primitives have no separate reference
 #: (the paper's formulation is the whole layer, :class:`unimmad.CMoE`), so ``"reference"``
@@ -32,6 +32,23 @@ def to_bank(w: Tensor, backend: str = "auto") -> Tensor:
     that runs on ``w``'s device: ``R = (ci, kh, kw)`` for ``torch`` (OIHW), ``(kh, kw, ci)``
     for ``triton`` (OHWI)."""
     return IMPLS[resolve(backend, w)].to_bank(w)
+
+
+def to_input_format(x: Tensor, backend: str = "auto") -> Tensor:
+    """``x`` in the memory format the backend's :func:`dyn_conv` reads fastest
+    (channels-last for ``triton``; ``torch`` takes any): convert a value *before* it enters
+    the op, so autograd saves it, and returns its gradient, in that format."""
+    return IMPLS[resolve(backend, x)].to_input_format(x)
+
+
+def _grad_format(x: Tensor) -> torch.memory_format:
+    """The memory format of ``dx`` for an input ``x``: channels-last when x is channels-last
+    (and not also NCHW-contiguous), else NCHW.  Real and fake implementations use it, so
+    compiled graphs see the strides the op returns."""
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 # ----------------------------------------------------------------------------- dyn_conv
@@ -58,7 +75,7 @@ def _dyn_conv_backward_op(grad: Tensor, x: Tensor, weight: Tensor, job_sample: T
     dx, dw = IMPLS[backend].dyn_conv_backward(grad, x, weight, job_sample, job_weight, k,
                                               precision, need_x, need_w, same_samples,
                                               same_weights)
-    dx = dx.to(x.dtype).contiguous() if need_x else x.new_empty(0)
+    dx = dx.to(x.dtype).contiguous(memory_format=_grad_format(x)) if need_x else x.new_empty(0)
     dw = dw.to(weight.dtype).contiguous() if need_w else weight.new_empty(0)
     return dx, dw
 
@@ -66,7 +83,7 @@ def _dyn_conv_backward_op(grad: Tensor, x: Tensor, weight: Tensor, job_sample: T
 @_dyn_conv_backward_op.register_fake
 def _(grad, x, weight, job_sample, job_weight, k, same_samples, same_weights, backend, precision,
       need_x, need_w):
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0)
+    dx = torch.empty_like(x, memory_format=_grad_format(x)) if need_x else x.new_empty(0)
     dw = (torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w
           else weight.new_empty(0))
     return dx, dw
@@ -81,8 +98,10 @@ def _dyn_conv_setup(ctx, inputs, output):
 def _dyn_conv_backward(ctx, grad):
     x, weight, job_sample, job_weight = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dx, dw = _dyn_conv_backward_op(grad.contiguous(), x, weight, job_sample, job_weight,
-                                   *ctx.args, need_x, need_w)
+    # the incoming gradient in the layout of the op's output (channels-last for triton)
+    grad = grad.contiguous(memory_format=IMPLS[ctx.args[3]].DYN_CONV_FORMAT)
+    dx, dw = _dyn_conv_backward_op(grad, x, weight, job_sample, job_weight, *ctx.args,
+                                   need_x, need_w)
     return (dx if need_x else None), (dw if need_w else None), None, None, None, None, None, None, None
 
 

@@ -22,10 +22,19 @@ import torch.nn.functional as F
 
 from .backend import output
 
-__all__ = ["DYN_CONV_FORMAT", "to_bank", "compose", "mix", "dyn_conv", "dyn_conv_backward"]
+__all__ = ["DYN_CONV_FORMAT", "INPUT_FORMAT", "to_bank", "to_input_format", "compose", "mix",
+           "dyn_conv", "dyn_conv_backward"]
 
 #: Memory format of :func:`dyn_conv`'s output (what the grouped convolution returns).
 DYN_CONV_FORMAT = torch.contiguous_format
+#: Memory format the convolutions want their inputs in (``None``: any; cuDNN and oneDNN
+#: choose their own).
+INPUT_FORMAT = None
+
+
+def to_input_format(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as it is (stock convolutions take any memory format)."""
+    return x
 
 
 def _deliver(out: Optional[torch.Tensor], result: torch.Tensor) -> torch.Tensor:

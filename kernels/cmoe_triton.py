@@ -8,8 +8,9 @@ Index contract
 =================  ===================  ===================================================
 array              shape / dtype        meaning
 =================  ===================  ===================================================
-``x``              [B, Ci, H, W] any    per-*sample* input (the branch values); any strides,
-                   float, any strides   channels-last (NHWC memory) is the fast layout
+``x``              [B, Ci, H, W] any    per-*sample* input (the branch values), read
+                   float                channels-last (NHWC memory; other strides are
+                                        converted first: :func:`to_input_format`)
 ``weight``         [NW, Co, R] float    kernel bank, ``R = k·k·Ci`` ordered (kh, kw, ci):
                                         an OIHW kernel stored OHWI
 ``job_sample``     [J] int              input sample of job ``j`` (jobs of one sample are
@@ -26,7 +27,11 @@ array              shape / dtype        meaning
 Kernels:
 
 * ``_dyn_conv_kernel`` — implicit-GEMM convolution, stride 1, zero padding ``k // 2``;
-  M = pixels of one job, N = Co, K = k·k·Ci; grid ``(N tiles, M tiles, J)``.  The C-MoE
+  M = pixels of one job, N = Co, K = k·k·Ci, walked as one flat loop over (tap, channel
+  block) so the software pipeline never drains between taps; grid ``(N tiles, M tiles,
+  J)``; autotuned per dot precision (:data:`CONV`).  Activations are read channels-last
+  (:data:`INPUT_FORMAT`; the launchers convert others): a tile row is one pixel's
+  contiguous channels, loaded by 16-byte asynchronous copies.  The C-MoE
   calls it with one job per unit (the unit's folded kernel) reading its sample's x in
   place: x is never replicated.  Also computes the input gradient (flipped, transposed
   bank).
@@ -47,35 +52,46 @@ from typing import Optional, Tuple
 
 import torch
 
-from .backend import HAVE_TRITON, INTERPRET, configs, output, resolve, tl, triton
+from .backend import HAVE_TRITON, all_configs, configs, interpreted, output, resolve, tl, triton
 
-__all__ = ["DYN_CONV_FORMAT", "to_bank", "dyn_conv", "dyn_conv_backward", "compose", "mix",
-           "flip_bank"]
+__all__ = ["DYN_CONV_FORMAT", "INPUT_FORMAT", "TUNED", "CONV", "to_bank", "to_input_format",
+           "dyn_conv", "dyn_conv_backward", "compose", "mix", "flip_bank"]
 
 #: Memory format of :func:`dyn_conv`'s output (pixels × channels tiles are stored NHWC).
 DYN_CONV_FORMAT = torch.channels_last
+#: Memory format the kernels read activations and gradients in (others are converted).
+INPUT_FORMAT = torch.channels_last
 
 
-# Tile configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).  The pinned
-# row is the one used under the interpreter (small tiles: ~2 ms per program there) or with
-# UNIMMAD_AUTOTUNE=0.
+# Tile configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first row of
+# each list is the pinned one (UNIMMAD_AUTOTUNE=0).  Every row must fit Hopper's shared
+# memory and compile without register spills (kernels.compile_check checks both, for
+# every row).  The tensor-core rows (bf16, fp16, fp32 with TF32 dot products): the last
+# covers all 256 output channels of the paper's C-MoE in one tile, so x is gathered once
+# per pixel tile instead of twice — whether that is faster only a GPU can tell (the
+# autotuner picks per shape).  fp32 with IEEE dot products runs on FMA units and needs
+# smaller K slices to stay out of local memory.  The interpreter uses small tiles.
 _TILE = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-_CONV_TUNED = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 32, 4, 3)]
-_WGRAD_TUNED = [(64, 64, 64, 4, 3), (128, 128, 32, 8, 3)]
+CONV_TUNED = [(64, 64, 32, 4, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+              (128, 256, 32, 8, 3)]
+CONV_IEEE_TUNED = [(64, 64, 16, 8, 3), (128, 64, 16, 8, 3), (64, 32, 32, 4, 3)]
+WGRAD_TUNED = [(64, 64, 64, 4, 3), (128, 128, 32, 8, 3)]
 _INTERPRETER_TILE = (32, 32, 16, 4, 3)
-
-
-def _conv_configs():
-    return configs(_TILE, _CONV_TUNED, _INTERPRETER_TILE if INTERPRET else (64, 64, 32, 4, 3))
-
-
-def _wgrad_configs():
-    return configs(_TILE, _WGRAD_TUNED, _INTERPRETER_TILE if INTERPRET else (64, 64, 64, 4, 3))
-
+_CONV_KEY = ["H", "W", "Ci", "Co", "KS", "PRECISION"]
+#: Every configuration of each autotuned kernel, by kernel name (the conv's by its
+#: ``PRECISION``), whatever ``UNIMMAD_AUTOTUNE`` says: the parity tests force each in
+#: turn, the compile check compiles each.
+TUNED: dict = {}
+#: The autotuned convolution per dot precision: one JIT function, two configuration lists
+#: (bf16/fp16 launches pass ``PRECISION="tf32"``; it does not apply to them).
+CONV: dict = {}
 
 if HAVE_TRITON:
 
-    @triton.autotune(configs=_conv_configs(), key=["H", "W", "Ci", "Co", "KS"])
+    TUNED.update(_dyn_conv_kernel={"tf32": all_configs(_TILE, CONV_TUNED),
+                                   "ieee": all_configs(_TILE, CONV_IEEE_TUNED)},
+                 _wgrad_kernel=all_configs(_TILE, WGRAD_TUNED))
+
     @triton.jit
     def _dyn_conv_kernel(x_ptr, w_ptr, y_ptr, job_sample_ptr, job_weight_ptr,
                          H, W, Ci, Co, R,
@@ -93,29 +109,44 @@ if HAVE_TRITON:
         n_ok = offs_n < Co
         oh = offs_m // W
         ow = offs_m % W
+        pix = oh * sxh + ow * sxw
         x_base = x_ptr + s * sxb
         w_base = w_ptr + wi * Co * R
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in range(KS * KS):
-            ih = oh + (tap // KS - KS // 2)
-            iw = ow + (tap % KS - KS // 2)
+        # One flat K loop over (tap, channel block): the software pipeline stays full
+        # across taps instead of draining at the end of every tap's channel loop.
+        n_cb = tl.cdiv(Ci, BLOCK_K)
+        for step in range(0, KS * KS * n_cb):
+            if KS == 1:
+                tap = 0
+                c0 = step * BLOCK_K
+            else:
+                tap = step // n_cb
+                c0 = (step - tap * n_cb) * BLOCK_K
+            dh = tap // KS - KS // 2
+            dw = tap % KS - KS // 2
+            ih = oh + dh
+            iw = ow + dw
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_row = ih * sxh + iw * sxw
-            for c0 in range(0, Ci, BLOCK_K):
-                offs_k = c0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < Ci
-                a = tl.load(x_base + a_row[:, None] + offs_k[None, :] * sxc,
-                            mask=ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_base + offs_n[None, :] * R + (tap * Ci + offs_k)[:, None],
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                if UPCAST:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            offs_k = c0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < Ci
+            a = tl.load(x_base + (pix + (dh * sxh + dw * sxw))[:, None] + offs_k[None, :] * sxc,
+                        mask=ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_base + offs_n[None, :] * R + (tap * Ci + offs_k)[:, None],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
         y = (y_ptr + job * syb + (oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc)
         tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
-    @triton.autotune(configs=_wgrad_configs(), key=["H", "W", "Ci", "Co", "KS"])
+    CONV.update(tf32=triton.autotune(configs(_TILE, CONV_TUNED, _INTERPRETER_TILE),
+                                     key=_CONV_KEY)(_dyn_conv_kernel),
+                ieee=triton.autotune(configs(_TILE, CONV_IEEE_TUNED, _INTERPRETER_TILE),
+                                     key=_CONV_KEY)(_dyn_conv_kernel))
+
+    @triton.autotune(configs=configs(_TILE, WGRAD_TUNED, _INTERPRETER_TILE), key=_CONV_KEY)
     @triton.jit
     def _wgrad_kernel(x_ptr, g_ptr, dw_ptr, job_sample_ptr, H, W, Ci, Co, R,
                       sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, KS: tl.constexpr,
@@ -206,7 +237,7 @@ def _precision(dtype: torch.dtype, precision: str) -> str:
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return INTERPRET and dtype != torch.float32
+    return interpreted() and dtype != torch.float32
 
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
@@ -235,16 +266,25 @@ def dyn_conv(x: torch.Tensor, weight: torch.Tensor, job_sample: torch.Tensor,
         raise ValueError(f"weight bank R={R} does not match k={k}, Ci={Ci}")
     J = job_sample.shape[0]
     weight = weight.contiguous()
+    x = to_input_format(x)
     y = output(out, (J, Co, H, W), x.dtype, x.device, contiguous=False,
                memory_format=torch.channels_last)
     if J == 0:
         return y
     grid = lambda meta: (triton.cdiv(Co, meta["BLOCK_N"]), triton.cdiv(H * W, meta["BLOCK_M"]), J)
-    _dyn_conv_kernel[grid](
+    prec = _precision(x.dtype, precision)
+    CONV[prec][grid](
         x, weight, y, _i32(job_sample), _i32(job_weight), H, W, Ci, Co, R,
-        *x.stride(), *y.stride(), KS=k, PRECISION=_precision(x.dtype, precision),
-        UPCAST=_upcast(x.dtype))
+        *x.stride(), *y.stride(), KS=k, PRECISION=prec, UPCAST=_upcast(x.dtype))
     return y
+
+
+def to_input_format(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :data:`INPUT_FORMAT` (no copy when it already is).  The kernels gather one
+    pixel's channels per row of an operand tile: contiguous channels (and strides the JIT
+    sees divisible by 16) let it use 16-byte asynchronous copies; with NCHW strides every
+    element is a separate 2-byte load."""
+    return x.contiguous(memory_format=INPUT_FORMAT)
 
 
 def flip_bank(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -275,6 +315,7 @@ def _grad_weight(grad: torch.Tensor, x: torch.Tensor, job_sample: torch.Tensor,
     B, Ci, H, W = x.shape
     J, Co = grad.shape[:2]
     R = k * k * Ci
+    x, grad = to_input_format(x), to_input_format(grad)
     per_job = torch.empty((J, Co, R), device=x.device, dtype=torch.float32)
     if J:
         grid = lambda meta: (triton.cdiv(Ci, meta["BLOCK_N"]), triton.cdiv(Co, meta["BLOCK_M"]),
@@ -311,7 +352,7 @@ def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
     out = output(out, (U, Co, R), base.dtype, base.device)
     if U == 0:
         return out
-    BLOCK_O, BLOCK_R = (16, 32) if INTERPRET else (32, 128)
+    BLOCK_O, BLOCK_R = (16, 32) if interpreted() else (32, 128)
     grid = (U, triton.cdiv(R, BLOCK_R), triton.cdiv(Co, BLOCK_O))
     _compose_kernel[grid](base.contiguous(), leaders.contiguous(), _i32(idx),
                           scores.float().contiguous(), out, N, Co, R, K,
@@ -329,7 +370,7 @@ def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
     out = output(out, (U, Co, R), bank.dtype, bank.device)
     if U == 0:
         return out
-    BLOCK = 1024 if INTERPRET else 2048
+    BLOCK = 1024 if interpreted() else 2048
     grid = (U, triton.cdiv(Co * R, BLOCK))
     _mix_kernel[grid](g0.contiguous(), bank.contiguous(), _i32(idx), scores.float().contiguous(),
                       out, Co * R, K, BLOCK=BLOCK, num_warps=4)

@@ -156,3 +156,54 @@ def test_anneal_factor_values():
     assert moe_anneal_factor(5, 10, "linear") == pytest.approx(0.5)
     assert moe_anneal_factor(20, 10, "linear") == pytest.approx(0.001)   # clipped at the floor
     assert moe_anneal_factor(20, 10) == 0.0
+
+
+# ----------------------------------------------------------------------------- the model
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return unimmad.UniMMAD(unimmad.UniMMADConfig.tiny()).eval()
+
+
+IMG = lambda b=2, **kw: torch.randn(b, 4, 3, 64, 64, **kw)
+
+MODEL_CASES = {
+    "meta images": (lambda: (IMG(device="meta"), torch.ones(2, dtype=torch.long,
+                                                            device="meta")), ValueError, "meta"),
+    "float counts": (lambda: (IMG(), torch.ones(2)), TypeError, "integer"),
+    "zero modalities": (lambda: (IMG(), torch.tensor([1, 0])), ValueError, r"\[1, 4\]"),
+    "five modalities": (lambda: (IMG(), torch.tensor([5, 1])), ValueError, r"\[1, 4\]"),
+    "counts of another batch": (lambda: (IMG(), torch.ones(3, dtype=torch.long)), ValueError,
+                                "B=2"),
+    "wrong size": (lambda: (torch.randn(2, 4, 3, 32, 32), torch.ones(2, dtype=torch.long)),
+                   ValueError, "64"),
+    "integer images": (lambda: (IMG().long(), torch.ones(2, dtype=torch.long)), TypeError,
+                       "floating"),
+    "nan pixel": (lambda: (IMG().index_fill_(0, torch.tensor([1]), math.nan),
+                           torch.ones(2, dtype=torch.long)), ValueError, "NaN"),
+    "float64 images": (lambda: (IMG().double(), torch.ones(2, dtype=torch.long)), TypeError,
+                       "float64"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_model_refuses_bad_inputs_before_reading_values(tiny_model, case):
+    make, err, words = MODEL_CASES[case]
+    images, nm = make()
+    with pytest.raises(err, match=words):
+        tiny_model(images, nm)
+
+
+@pytest.mark.parametrize("kw, err, words", [
+    ({"epoch": math.nan}, ValueError, "epoch"), ({"epoch": -1}, ValueError, "epoch"),
+    ({"total_epochs": 0}, ValueError, "total_epochs"),
+    ({"sample_weight": torch.tensor([1.0, math.inf])}, ValueError, "finite"),
+    ({"sample_weight": torch.ones(3)}, ValueError, "B=2"),
+    ({"sample_weight": torch.tensor([1.0, -1.0])}, ValueError, "non-negative")])
+def test_model_loss_refuses_bad_arguments(tiny_model, kw, err, words):
+    tiny_model.train()
+    try:
+        with pytest.raises(err, match=words):
+            tiny_model.loss(IMG(), torch.tensor([2, 1]), **kw)
+    finally:
+        tiny_model.eval()

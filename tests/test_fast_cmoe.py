@@ -9,7 +9,7 @@ from unimmad import CMoE, UniMMAD, UniMMADConfig
 from cmoe_cases import make_cmoe, make_inputs, route_all_to, smooth_inputs
 from helpers import TOL, assert_rel
 
-from kernels import FastCMoE, accelerate, backend
+from kernels import FastCMoE, accelerate, backend, cmoe_triton
 
 
 def _fwd_bwd(module, general, prior, uts, w=None):
@@ -130,14 +130,18 @@ def test_from_reference_rejects_other_modules():
         FastCMoE.from_reference(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("op", ["dyn_conv", "compose", "mix"])
+@pytest.mark.parametrize("op", ["dyn_conv", "dyn_conv_channels_last", "compose", "mix"])
 def test_custom_op_registration_and_gradients(op):
-    """opcheck validates schema, fake (meta) kernels and autograd registration;
-    gradcheck checks the explicit backward formulas in float64."""
+    """opcheck validates schema, fake (meta) kernels (their strides: the input gradient of a
+    channels-last x is channels-last) and autograd registration; gradcheck checks the
+    explicit backward formulas in float64."""
     d = dict(dtype=torch.float64)
-    if op == "dyn_conv":
+    if op.startswith("dyn_conv"):
         k = 3
-        args = (torch.randn(2, 3, 4, 5, **d, requires_grad=True),
+        x = torch.randn(2, 3, 4, 5, **d)
+        if op == "dyn_conv_channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        args = (x.requires_grad_(True),
                 torch.randn(2, 4, 3 * k * k, **d, requires_grad=True),
                 torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1]), k, False, False, "torch", "ieee")
         fn = torch.ops.unimmad.dyn_conv.default
@@ -152,6 +156,40 @@ def test_custom_op_registration_and_gradients(op):
         fn = torch.ops.unimmad.mix.default
     torch.library.opcheck(fn, args)
     assert torch.autograd.gradcheck(lambda *t: fn(*t), args)
+
+
+@pytest.mark.interpreter
+def test_triton_cmoe_feeds_the_conv_channels_last_and_keeps_gradients_so(monkeypatch):
+    """The branch values are GroupNorm outputs (NCHW); the fused C-MoE converts them before
+    the conv op, so the kernels read channels-last values and the gradient leaves the op
+    channels-last (the layout their 16-byte asynchronous copies need)."""
+    seen = []
+    fwd, bwd = cmoe_triton.dyn_conv, cmoe_triton.dyn_conv_backward
+
+    def spy_fwd(x, *a, **kw):
+        seen.append(("x", x.is_contiguous(memory_format=torch.channels_last)))
+        return fwd(x, *a, **kw)
+
+    def spy_bwd(grad, x, *a, **kw):
+        seen.append(("grad", grad.is_contiguous(memory_format=torch.channels_last)))
+        seen.append(("saved x", x.is_contiguous(memory_format=torch.channels_last)))
+        return bwd(grad, x, *a, **kw)
+
+    monkeypatch.setattr(cmoe_triton, "dyn_conv", spy_fwd)
+    monkeypatch.setattr(cmoe_triton, "dyn_conv_backward", spy_bwd)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    fast = FastCMoE.from_reference(make_cmoe(ks=(3,)), backend="triton").to(dev).train()
+    branch = fast.branches[0]
+    uts = torch.tensor([0, 1, 1], device=dev)
+    x = torch.randn(2, 24, 5, 6, device=dev, requires_grad=True)   # an NCHW value
+    idx = torch.tensor([[0, 1], [2, 3], [4, 0]], device=dev)
+    scores = torch.softmax(torch.randn(3, 2, device=dev), 1)
+    z = fast.branch_filter(branch, x, uts, idx, scores)
+    z.square().sum().backward()
+    assert ("x", True) in seen and ("x", False) not in seen
+    assert ("grad", True) in seen and ("saved x", True) in seen
+    assert not any(ok is False for name, ok in seen), seen
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_accelerate_in_place_keeps_parameters_and_outputs():

@@ -150,3 +150,18 @@ def test_precomputed_units_and_no_validation_give_the_same_output():
         m.validate_inputs = False
         b = m(images, nm, units=pack_units(nm, 4))
     torch.testing.assert_close(a.anomaly_map, b.anomaly_map, rtol=0, atol=0)
+
+
+def test_paper_dims_parameter_counts():
+    """Release-exact FCM and stem (SPEC §1): the FCM has the authors' 56,760,308 parameters
+    (meta tensors: nothing allocated)."""
+    with torch.device("meta"):
+        m = UniMMAD(UniMMADConfig())
+    n = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert n(m.fcm) == 56_760_308
+    assert n(m.embedding) == 800_946
+    assert n(m.embedding) - m.embedding.embedding.numel() == 14_514  # stem + shortcut, biased
+    assert n(m.encoder) == n(m.prior_generator) == 24_862_528
+    assert n(m.cmoe) == 70_414_624
+    assert m.parameter_counts() == {"total": 177_700_934, "trainable": 152_838_406,
+                                    "frozen": 24_862_528, "cmoe": 70_414_624}

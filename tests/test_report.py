@@ -23,9 +23,21 @@ def test_report_from_all_formats(tmp_path):
     (tmp_path / "gpu_model.json").write_text(json.dumps({"meta": dict(meta, device="cuda"), "rows": [
         {"provider": "torch", "batch": 32, "modalities": 2, "dtype": "bfloat16", "ms": 8.0,
          "samples_per_s": 4000.0, "error": None}]}))
+    (tmp_path / "kernels.json").write_text(json.dumps({
+        "meta": dict(meta, device="cuda"), "ceilings": {"copy": {"gbps": 4300.0}},
+        "skipped": [{"kind": "cosine", "why": "time budget"}],
+        "rows": [{"kind": "dyn_conv", "provider": "triton", "ms": 0.5, "tflops": 600.0,
+                  "error": None}]}))
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "plan": [{"stage": "kernels"}], "gpu": "NVIDIA H200", "status": "failed",
+        "source": {"commit": "abc123def", "commit_from": "benchmarks/suite_source.json"},
+        "stages": [{"stage": "kernels", "status": "timeout", "seconds": 70.0, "budget_s": 70,
+                    "returncode": 130}]}))
     (tmp_path / "junk.json").write_text("{}")
     md, png = tmp_path / "RESULTS.md", tmp_path / "throughput.png"
     text = build(str(tmp_path), str(md), str(png))
     assert md.exists() and png.exists() and png.stat().st_size > 1000
     assert "Test CPU" in text and "abc123" in text and "2.00×" in text
     assert "(skipped:" in text  # junk.json is reported, not silently dropped
+    assert '"gbps": 4300.0' in text and "skipped (time budget): 1 rows" in text
+    assert "| kernels | timeout | 70.0 | 70 | 130 |" in text and "NVIDIA H200" in text

@@ -1,4 +1,5 @@
-"""Command line: ``unimmad train | eval | predict | export | bench | demo`` (also
+"""Command line: ``unimmad train | eval | predict | export | bench | demo |
+convert-release`` (also
 ``python -m unimmad ...``).  ``unimmad <command> --help`` explains every option."""
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def _config_help() -> str:
         _fields_help(TrainConfig),
         "  data:   train: [{name, root, classes?, split?, ...}], test: [...],",
         "          loss_weights: {dataset: weight}, replay: {earlier: [...], fraction: 0.01}",
+        "          preprocess: Preprocess fields, e.g. the authors' release's depth rule",
+        "          {depth_fill: mean, depth_norm: center}",
         "          names: mvtec, visa, mvtec3d, eyecandies, mulsen, brats, hyperkvasir,",
         "          retinaloct, liverct, meta (the authors' meta.json index)",
         "  eval:   " + ", ".join(f"{k}={v!r}" for k, v in DEFAULT_EVAL.items()),
@@ -146,11 +149,13 @@ def cmd_train(args) -> int:
     if args.quiet:
         tcfg = dataclasses.replace(tcfg, progress=False)
     data = run.get("data") or {}
-    train_set = build_datasets(data.get("train"), "train", mcfg, data.get("loss_weights"))
+    train_set = build_datasets(data.get("train"), "train", mcfg, data.get("loss_weights"),
+                               preprocess=data.get("preprocess"))
     replay = data.get("replay")
     if replay:
         from .engine.continual import ReplayDataset
-        earlier = build_datasets(replay.get("earlier"), "train", mcfg, data.get("loss_weights"))
+        earlier = build_datasets(replay.get("earlier"), "train", mcfg, data.get("loss_weights"),
+                                 preprocess=data.get("preprocess"))
         train_set = ReplayDataset(train_set, [earlier], replay.get("fraction", 0.01))
     if info.is_main or not info.enabled:
         _protect_run_folder(tcfg.out_dir, args.resume, args.overwrite)
@@ -225,7 +230,8 @@ def cmd_eval(args) -> int:
     ev = EvalConfig.from_dict(run.get("eval") or {})
     model = _load_model(args.checkpoint, args.device, ev.accelerate)
     data = run.get("data") or {}
-    test = build_datasets(data.get("test"), "test", model.config)
+    test = build_datasets(data.get("test"), "test", model.config,
+                          preprocess=data.get("preprocess"))
     folder = args.checkpoint if os.path.isdir(args.checkpoint) or args.checkpoint.endswith(
         (".pt", ".pth")) else os.path.dirname(os.path.abspath(args.checkpoint))
     out_dir = ev.out_dir or os.path.join(os.path.dirname(os.path.abspath(folder)), "eval")
@@ -337,6 +343,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert_release(args) -> int:
+    from .engine.checkpoint import convert_release
+    report = convert_release(args.checkpoint_dir, args.backbone_weights, args.out)
+    print(report.summary(), file=sys.stderr)
+    print(f"[unimmad convert-release] wrote {args.out}/model.safetensors and config.json; use "
+          f"it as `unimmad eval --checkpoint {args.out} ...`", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unimmad", description="UniMMAD anomaly detection: train, evaluate, predict, "
@@ -376,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config, the run file unimmad train saved beside the checkpoint "
                        "(run_config.json) gives the test data.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
-                   "train (runs/x/weights or runs/x/last) or its config.json")
+                   "train (runs/x/weights or runs/x/last), its config.json, or a weights folder written by "
+                   "unimmad convert-release")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_run_args(p)
     _add_log_args(p)
@@ -393,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", metavar="ITEM",
                    help="file[,file...] | folder[,folder...] | 'glob'[,'glob'...]")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by unimmad "
-                   "train (runs/x/weights or runs/x/last) or its config.json")
+                   "train (runs/x/weights or runs/x/last), its config.json, or a weights folder written by "
+                   "unimmad convert-release")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--modalities", help="comma list naming each file's modality (rgb, depth, "
                    "infrared, ct, oct, endoscopy, flair, t1, t1ce, t2; default: depth for "
@@ -458,6 +475,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warnings and errors only, no progress bars")
     _add_log_args(p, quiet=False)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert-release", help="convert the authors' released checkpoint",
+                       description="Read a checkpoint folder of the authors' release (the "
+                       "folder accelerate's save_state wrote, e.g. epoch_199/: model.safetensors, "
+                       "model_1.safetensors, model_2.safetensors, or the older "
+                       "pytorch_model*.bin) plus the ImageNet WideResNet50-2 file of its prior "
+                       "generator, and write the model as a weights folder (model.safetensors + "
+                       "config.json) that `unimmad eval` and `unimmad predict` take as "
+                       "--checkpoint. Only the 2026.5 (latest) release loads; layer4, "
+                       "conv_out_second and prior_head are the only tensors left unused.")
+    p.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="the release's folder")
+    p.add_argument("--backbone-weights", required=True, metavar="FILE",
+                   help="ImageNet WideResNet50-2 weights (the release's "
+                   "checkpoints/wide_resnet50_2.safetensors, or a torchvision .pth)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_convert_release)
     return parser
 
 

@@ -30,7 +30,7 @@ from ..models.model import UniMMAD
 __all__ = ["PROVIDERS", "FAST_PROVIDERS", "PAPER_LEVELS", "fast_provider", "check_provider",
            "preset_config", "model_inputs", "build_model", "cmoe_case", "level_case",
            "cmoe_module", "amap_case", "feature_bytes", "loss_bytes", "map_and_score",
-           "loss_step"]
+           "loss_step", "TILE_CASE", "conv_tile_case", "stream_tile_case"]
 
 PROVIDERS = ("reference", "torch", "triton", "compile")
 FAST_PROVIDERS = ("torch", "triton")
@@ -128,6 +128,46 @@ def cmoe_module(reference: CMoE, provider: str) -> torch.nn.Module:
     if provider == "compile":
         return torch.compile(reference)
     return reference
+
+
+# ----------------------------------------------------------------------------- tiles
+#: Shapes that leave a partial tile in every dimension of every autotune configuration:
+#: 11 × 13 = 143 pixels, 24 input and 40 output channels (no size a multiple of 16; small
+#: enough for the interpreter to run every configuration in CI).
+TILE_CASE = {"pixels": (11, 13), "ci": 24, "co": 40}
+
+
+def conv_tile_case(k: int = 5, dtype=torch.float32, device="cpu", seed: int = 0):
+    """Inputs of the per-job convolution at :data:`TILE_CASE`: ``(x [2, Ci, H, W]
+    channels-last, bank [3, Co, k·k·Ci] (Triton layout, scaled for unit-variance outputs),
+    job_sample, job_weight [2], output gradient [2, Co, H, W])``; the jobs read the samples
+    and weights out of order."""
+    g = torch.Generator().manual_seed(seed)
+    (h, w), ci, co = TILE_CASE["pixels"], TILE_CASE["ci"], TILE_CASE["co"]
+    x = torch.randn(2, ci, h, w, generator=g)
+    bank = torch.randn(3, co, k * k * ci, generator=g) / (k * ci ** 0.5)
+    grad = torch.randn(2, co, h, w, generator=g)
+    js, jw = torch.tensor([1, 0]), torch.tensor([2, 0])
+    to = dict(device=device, dtype=dtype)
+    cl = torch.channels_last
+    return (x.to(**to).contiguous(memory_format=cl), bank.to(**to), js.to(device),
+            jw.to(device), grad.to(**to).contiguous(memory_format=cl))
+
+
+def stream_tile_case(dtype=torch.float32, device="cpu", channels_last: bool = False,
+                     seed: int = 0):
+    """Priors, predictions and ``unit_to_sample`` of 3 units (2 samples) on two levels with
+    partial pixel and channel tiles (24 channels at 11 × 13, 40 at 5 × 7), cosines spread
+    over (−1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    pri, pre = [], []
+    for c, (h, w) in ((TILE_CASE["ci"], TILE_CASE["pixels"]), (TILE_CASE["co"], (5, 7))):
+        u = torch.randn(3, c, h, w, generator=g)
+        p = 2 * torch.rand(3, 1, h, w, generator=g) * u + torch.randn(3, c, h, w, generator=g)
+        pri.append(u.to(device=device, dtype=dtype).contiguous(memory_format=fmt))
+        pre.append(p.to(device=device, dtype=dtype).contiguous(memory_format=fmt))
+    return pri, pre, torch.tensor([0, 1, 1], device=device)
 
 
 # ----------------------------------------------------------------------------- map

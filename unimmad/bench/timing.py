@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from kernels.backend import triton
 
-__all__ = ["sync", "timed", "time_calls", "do_bench_ms", "summarize", "quantile"]
+__all__ = ["sync", "timed", "time_calls", "do_bench_ms", "summarize", "quantile", "copy_ceiling",
+           "matmul_ceiling"]
 
 
 def sync(device) -> None:
@@ -52,10 +53,31 @@ def time_calls(fn: Callable[[], object], device, warmup: int, iters: int,
     return times, out
 
 
-def do_bench_ms(fn: Callable[[], object], rep: int = 100, warmup: int = 25) -> float:
+def do_bench_ms(fn: Callable[[], object], rep: int = 100, warmup: int = 25,
+                grad_to_none: Optional[List[torch.Tensor]] = None) -> float:
     """Median time (ms) of ``fn`` on CUDA by ``triton.testing.do_bench`` (CUDA events, L2
-    flushed between calls)."""
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    flushed between calls; ``rep``/``warmup`` in ms; the gradients of ``grad_to_none``
+    cleared between calls)."""
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none,
+                                         return_mode="median"))
+
+
+def copy_ceiling(nbytes: int = 1 << 30) -> Dict[str, float]:
+    """Device-to-device copy of ``nbytes`` random bytes on CUDA: ``ms`` and ``gbps``
+    counting bytes read plus bytes written (the bandwidth ceiling of streaming kernels)."""
+    x = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench_ms(lambda: y.copy_(x))
+    return {"bytes": 2 * nbytes, "ms": ms, "gbps": 2 * nbytes / (ms * 1e-3) / 1e9}
+
+
+def matmul_ceiling(n: int = 8192) -> Dict[str, float]:
+    """An ``n³`` bf16 matrix product of random data on CUDA (cuBLAS): ``ms`` and ``tflops``
+    (the ceiling of tensor-core kernels)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench_ms(lambda: a @ b)
+    return {"n": n, "ms": ms, "tflops": 2 * n ** 3 / (ms * 1e-3) / 1e12}
 
 
 def quantile(xs: List[float], q: float) -> float:

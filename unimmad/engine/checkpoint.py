@@ -56,12 +56,13 @@ import torch
 
 from ..config import UniMMADConfig
 from ..models.model import UniMMAD
+from ..release import ReleaseLoadReport, load_release_checkpoint
 from ..tensorio import (NUMPY_ARRAY_GLOBALS, TensorFileError, fsync_dir, read_safetensors,
                         read_torch_weights_only, sha256_file, write_safetensors)
 
 __all__ = ["CheckpointError", "save_weights", "load_weights", "save_checkpoint",
-           "load_checkpoint", "export_weights", "update_config", "read_extras",
-           "apply_model_state", "clean_stale",
+           "load_checkpoint", "export_weights", "convert_release", "update_config",
+           "read_extras", "apply_model_state", "clean_stale",
            "rng_state", "set_rng_state", "WEIGHTS_FORMAT", "TRAINING_FORMAT",
            "FORMAT_VERSION", "MODEL_FILE", "CONFIG_FILE", "TRAINING_FILE",
            "TRAINING_TENSORS_FILE"]
@@ -611,3 +612,22 @@ def export_weights(checkpoint, directory, extra: Optional[Dict] = None) -> str:
     kept = {k: v for k, v in ck["config"].items() if k not in _RESERVED_CONFIG_KEYS}
     kept.update(extra or {})
     return save_weights(model, directory, kept)
+
+
+def convert_release(checkpoint_dir, backbone_weights, out_dir) -> ReleaseLoadReport:
+    """The authors' release checkpoint (:func:`unimmad.load_release_checkpoint`) written as our
+    weights-only checkpoint ``out_dir`` (``model.safetensors`` + ``config.json``, see
+    :func:`save_weights`), ready for ``unimmad eval`` / ``predict``.  ``config.json`` records
+    where it came from under ``"source"``.  Refuses to write into the release folder or over a
+    folder that is not a unimmad checkpoint.  Returns the load report (what was skipped)."""
+    out = os.path.abspath(os.fspath(out_dir))
+    if out == os.path.abspath(os.fspath(checkpoint_dir)):
+        raise CheckpointError(out, "is the release folder itself: choose another --out folder")
+    _check_replaceable(out)  # before the (slow) load
+    model, report = load_release_checkpoint(checkpoint_dir, backbone_weights, return_report=True)
+    source = {"kind": "authors-release", "checkpoint_dir": os.path.abspath(report.checkpoint_dir),
+              "files": {p: os.path.basename(f) for p, f in report.files.items()},
+              "backbone_weights": os.path.abspath(report.backbone_weights),
+              "skipped_unused": len(report.skipped)}
+    save_weights(model, out, {"source": source})
+    return report

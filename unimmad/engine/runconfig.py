@@ -10,6 +10,7 @@ A run file has these sections (all optional)::
       test:  [{name: mvtec3d, root: /data/mvtec_3d_anomaly_detection}]
       loss_weights: {eyecandies: 0.5, brats: 10}
       replay: {earlier: [{name: mvtec, root: /data/mvtec}], fraction: 0.01}
+      preprocess: {depth_fill: mean, depth_norm: center}   # Preprocess fields (optional)
     eval: {batch_size: 16, aupro: mvtec3d, pixel_bins: 16384, overlays: 2, out_dir: runs/x/eval}
 
 Overrides: ``--set train.epochs=5 model.top_k=1 data.train.0.root=/x`` (values parsed as
@@ -42,7 +43,7 @@ __all__ = ["load_run_config", "apply_overrides", "check_run_config", "EvalConfig
            "build_model_config", "build_datasets", "parse_yaml"]
 
 SECTIONS = ("preset", "model", "train", "data", "eval")
-DATA_KEYS = ("train", "test", "loss_weights", "replay")
+DATA_KEYS = ("train", "test", "loss_weights", "replay", "preprocess")
 PRESETS = ("paper", "tiny")
 #: The run file ``unimmad train`` saves in its ``out_dir`` (beside ``last/`` and ``weights/``).
 RUN_CONFIG_FILE = "run_config.json"
@@ -266,6 +267,25 @@ def _check_entries(value: Any, where: str) -> None:
         _check_dataset_entry(entry, f"{where}.{i}")
 
 
+def _check_preprocess(preprocess: Any) -> Dict[str, Any]:
+    """``data.preprocess``: :class:`~unimmad.data.Preprocess` fields (unknown names and
+    wrong types refused)."""
+    from ..checks import check_type
+    from ..data import Preprocess
+    if preprocess is None:
+        return {}
+    check_type("data.preprocess", preprocess, Dict[str, Any])
+    fields = {f.name: f for f in dataclasses.fields(Preprocess)}
+    unknown = sorted(str(k) for k in preprocess if k not in fields)
+    if unknown:
+        raise ValueError(f"data.preprocess: unknown Preprocess field(s) {unknown}; known: "
+                         f"{', '.join(fields)}")
+    hints = typing.get_type_hints(Preprocess)
+    for k, v in preprocess.items():
+        check_type(f"data.preprocess.{k}", v, hints.get(k, Any))
+    return dict(preprocess)
+
+
 def _check_data(data: Any) -> None:
     from ..checks import check_real, check_type
     if data is None:
@@ -276,6 +296,7 @@ def _check_data(data: Any) -> None:
         raise ValueError(f"data: unknown key(s) {unknown}; known: {', '.join(DATA_KEYS)}")
     for split in ("train", "test"):
         _check_entries(data.get(split), f"data.{split}")
+    _check_preprocess(data.get("preprocess"))
     weights = data.get("loss_weights")
     if weights is not None:
         check_type("data.loss_weights", weights, Dict[str, float])
@@ -379,17 +400,20 @@ def build_model_config(run: Dict):
 
 
 def build_datasets(specs: Optional[List[Dict]], split: str, model_config, loss_weights=None,
-                   progress=None, where: Optional[str] = None):
+                   progress=None, preprocess=None, where: Optional[str] = None):
     """Readers of ``specs`` (``{name, root, classes?, split?, ...reader options}``) as one
     :class:`~unimmad.data.MultiDataset`; entries are checked as in a run file (``where``
-    names them in messages, default ``data.<split>``)."""
+    names them in messages, default ``data.<split>``).  ``preprocess`` (the run file's
+    ``data.preprocess``) overrides :class:`~unimmad.data.Preprocess` fields, e.g. the
+    release's depth rule ``{depth_fill: mean, depth_norm: center}``."""
     from ..data import MultiDataset, Preprocess, build_dataset
     where = where or f"data.{split}"
     if not specs:
         raise ValueError(f"no {split} datasets configured ({where}): give them in the run "
                          f"file or with --set {where}.0.name=NAME {where}.0.root=FOLDER")
     _check_entries(specs, where)
-    pre = Preprocess.from_config(model_config)
+    preprocess = _check_preprocess(preprocess)
+    pre = Preprocess.from_config(model_config, **preprocess)
     readers = []
     for i, spec in enumerate(specs):
         spec = dict(spec)

@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kernels import accelerate
+
 from ..config import dataclass_from_dict
 from ..data.multi import collate
 from ..models.cmoe import CMoE
@@ -286,7 +288,6 @@ class Trainer:
     def _accelerate(self) -> None:
         """The fused kernels in place of the reference C-MoE and map (``accelerate``)."""
         if self.config.accelerate:
-            from .. import accelerate
             accelerate(self.model)
 
     def _freeze(self) -> List[nn.Parameter]:

@@ -17,7 +17,9 @@ class InputEmbedding(nn.Module):
     """Maps the zero-padded ``[B, 3·M_max, H, W]`` modality stack to 3 channels.
 
     ``x + E_in`` (learnable, N(0, std²)) goes through a 3-conv stem (12→24→48→3, BN+ReLU
-    between) plus a 1×1 shortcut (12→3); the two are summed.
+    between) plus a 1×1 shortcut (12→3); the two are summed.  Every conv carries a bias
+    (SPEC §1, as in the authors' release: its checkpoints hold them).  ``stem`` is one flat
+    ``Sequential`` (conv, BN, ReLU, conv, BN, ReLU, conv).
     """
 
     def __init__(self, in_channels: int, image_size: int, std: float = 0.02):
@@ -25,7 +27,9 @@ class InputEmbedding(nn.Module):
         self.embedding = nn.Parameter(torch.randn(in_channels, image_size, image_size) * std)
         c = in_channels
         self.stem = nn.Sequential(
-            conv_bn(c, 2 * c, 3), conv_bn(2 * c, 4 * c, 3), nn.Conv2d(4 * c, 3, 3, 1, 1))
+            nn.Conv2d(c, 2 * c, 3, 1, 1), nn.BatchNorm2d(2 * c), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * c, 4 * c, 3, 1, 1), nn.BatchNorm2d(4 * c), nn.ReLU(inplace=True),
+            nn.Conv2d(4 * c, 3, 3, 1, 1))
         self.shortcut = nn.Conv2d(c, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,24 +38,29 @@ class InputEmbedding(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Basic residual block: ``mode`` is ``"same"`` (stride 1), ``"down"`` (stride 2) or
-    ``"up"`` (2×2 stride-2 transposed conv as the first conv and in the shortcut)."""
+    """Basic residual block of the FCM's level alignment (SPEC §1, step 1).
+
+    ``mode`` ``"same"`` (3×3 convs, stride 1) or ``"down"`` (first conv stride 2): the
+    shortcut is a bare 1×1 conv (stride 1 or 2; no bias, no BN — also when ``cin ==
+    cout``).  ``"up"``: the first conv is a 2×2 stride-2 transposed conv (no bias) and the
+    shortcut a 4×4 stride-2 padding-1 transposed conv **with** bias and no BN.
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+    """
 
     def __init__(self, cin: int, cout: int, mode: str = "same"):
         super().__init__()
+        if mode not in ("same", "down", "up"):
+            raise ValueError(f"mode must be 'same', 'down' or 'up', got {mode!r}")
         if mode == "up":
             self.conv1 = nn.ConvTranspose2d(cin, cout, 2, 2, bias=False)
+            self.shortcut = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
         else:
-            self.conv1 = nn.Conv2d(cin, cout, 3, 2 if mode == "down" else 1, 1, bias=False)
+            stride = 2 if mode == "down" else 1
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        if mode == "up":
-            self.shortcut = conv_bn(cin, cout, 2, 2, relu=False, transposed=True)
-        elif mode == "down" or cin != cout:
-            self.shortcut = conv_bn(cin, cout, 1, 2 if mode == "down" else 1, relu=False)
-        else:
-            self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -90,7 +99,7 @@ class UpBottleneck(nn.Module):
 
 class _InnerBottleneck(nn.Module):
     """One K of the inner multi-scale bottleneck: per level depthwise K×K → 1×1 → GN(2);
-    concat → 2×2 stride-2 conv → GN."""
+    concat → 2×2 stride-2 conv (with bias, as in the release) → GN."""
 
     def __init__(self, width: int, k: int, n_levels: int, n_kernel_sizes: int):
         super().__init__()
@@ -102,7 +111,7 @@ class _InnerBottleneck(nn.Module):
                 GroupNormReLU(branch, groups=2 if branch % 2 == 0 else 1))
             for _ in range(n_levels))
         self.reduce = nn.Sequential(
-            nn.Conv2d(branch * n_levels, width, 2, 2, bias=False), GroupNormReLU(width))
+            nn.Conv2d(branch * n_levels, width, 2, 2), GroupNormReLU(width))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.reduce(torch.cat([m(f) for m, f in zip(self.levels, feats)], 1))
@@ -111,6 +120,9 @@ class _InnerBottleneck(nn.Module):
 class FeatureCompression(nn.Module):
     """FCM: 3 levels → common width at 1/8 → inner multi-scale bottleneck (1/16) → outer
     bottleneck (1/32, ``2·C3`` channels) → decoder back to the 3 levels.
+
+    The structure is the authors' release's (SPEC §1), so their checkpoints load
+    (:func:`unimmad.load_release_checkpoint`); 56.76 M parameters at paper dims.
 
     Returns the general features ``f_l`` ``[B, C_l, H_l, W_l]``, L2-normalised over channels.
     """
@@ -137,6 +149,9 @@ class FeatureCompression(nn.Module):
             stages.append(nn.Sequential(*blk))
             cin = cout
         self.decoder = nn.ModuleList(stages)
+        for m in self.decoder.modules():  # the release's decoder init (transposed convs: default)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.heads = nn.ModuleList(nn.Conv2d(c, c, 1, bias=False) for c in (c3, c2, c1))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:

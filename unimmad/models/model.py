@@ -116,18 +116,18 @@ class UniMMAD(nn.Module):
         if num_modalities.device != images.device:
             raise ValueError(
                 f"num_modalities is on {num_modalities.device} but images on {images.device}")
-        lo, hi = int(num_modalities.min()), int(num_modalities.max())
-        if lo < 1 or hi > M:
-            raise ValueError(
-                f"num_modalities must lie in [1, {M}] (each sample carries 1..{M} modalities), "
-                f"got values in [{lo}, {hi}]")
         param = self.embedding.embedding
-        if images.device != param.device:
+        if images.device != param.device:   # before any value is read (meta, other device)
             raise ValueError(f"images are on {images.device} but the model on {param.device}")
         if images.dtype != param.dtype and not torch.is_autocast_enabled(images.device.type):
             raise TypeError(
                 f"images are {images.dtype} but the model's parameters {param.dtype}; cast one "
                 "of them or run under torch.autocast")
+        lo, hi = int(num_modalities.min()), int(num_modalities.max())
+        if lo < 1 or hi > M:
+            raise ValueError(
+                f"num_modalities must lie in [1, {M}] (each sample carries 1..{M} modalities), "
+                f"got values in [{lo}, {hi}]")
         if self.check_finite and not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or Inf values")
 
