@@ -293,4 +293,8 @@ def test_every_overlay_of_a_class_uses_that_class_scale(small, tmp_path, monkeyp
         assert [n for n, _ in mods] == (["rgb", "depth"] if cls != "scan_demoscan" else ["ct"])
         label = "ANOMALOUS" if "_anomalous_" in os.path.basename(path) else "NORMAL"
         assert kw["prediction"].startswith(f"predicted {label}")
+        truth = "defect" if kw["gt_label"] else "good"
+        right = (label == "ANOMALOUS") == bool(kw["gt_label"])
+        assert kw["prediction"].endswith(f"ground truth {truth}: " + (
+            "correct" if right else "missed" if kw["gt_label"] else "false alarm"))
         assert os.path.basename(path).startswith(("highest", "lowest"))

@@ -75,6 +75,17 @@ def _short_path(path: str, parts: int = 3) -> str:
     return "/".join(bits[-parts:])
 
 
+def _verdict(pred: str, label: int) -> str:
+    """`` · ground truth defect: missed`` and the like, so that a green NORMAL on a
+    defect is not read as a success."""
+    truth = "defect" if label else "good"
+    if pred == "unscored":
+        return f" · ground truth {truth}"
+    right = (pred == "anomalous") == bool(label)
+    what = "correct" if right else ("missed" if label else "false alarm")
+    return f" · ground truth {truth}: {what}"
+
+
 def _write_overlays(out_dir: str, keep: Dict, thresholds: Dict) -> int:
     written = 0
     for c, slots in sorted(keep.items()):
@@ -100,7 +111,8 @@ def _write_overlays(out_dir: str, keep: Dict, thresholds: Dict) -> int:
                              title=f"{c} · {shown} · "
                                    f"{'highest' if name == 'high' else 'lowest'}-scored "
                                    f"#{rank + 1} of the class",
-                             prediction=describe_prediction(score, img_rec))
+                             prediction=describe_prediction(score, img_rec)
+                             + _verdict(pred, it["label"]))
                 written += 1
     return written
 
