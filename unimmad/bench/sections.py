@@ -60,7 +60,14 @@ def _measure_model(job: Dict) -> Dict:
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
             else peak_rss_mb())
     elem = torch.finfo(dtype).bits // 8
-    return {
+    flops = {}
+    if job.get("flops"):  # on the model just timed: no second model, no second cache build
+        log(f"{job['label']}: counting FLOPs with fvcore (one traced forward)")
+        with torch.no_grad():
+            macs = fvcore_macs(_MapAndScore(model), (images, nm))
+        flops = {"gflops_fvcore_per_sample": macs / job["batch"] / 1e9,
+                 "activated_params_per_unit": activated_parameters(model)}
+    return {**flops,
         "times_s": times,
         "peak_memory_mb": peak,
         "peak_memory_kind": _memory_kind(device, per_process=True),
@@ -94,7 +101,8 @@ class _MapAndScore(torch.nn.Module):
 
 def model_flops(cfg: UniMMADConfig, args, device, provider: str) -> Dict[str, float]:
     """fvcore multiply-adds per sample (fvcore's FLOP = one multiply-add) and activated
-    parameters per unit, for one provider (fresh model, same seed as the timed ones)."""
+    parameters per unit, for one provider (fresh model, same seed as the timed ones).
+    ``unimmad bench`` counts inside the measuring process instead (``job["flops"]``)."""
     dtype = DTYPES[args.dtype]
     model = build_model(cfg, args.seed, dtype, device, provider)
     images, nm = model_inputs(cfg, args.batch, args.modalities, args.seed + 1, dtype, device)
@@ -117,7 +125,7 @@ def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict
     rows, outputs, ref_ms = [], {}, None
     tol = tolerance(DTYPES[args.dtype], device)
     for provider in args.providers:
-        job = dict(base_job, provider=provider, label=f"model/{provider}")
+        job = dict(base_job, provider=provider, label=f"model/{provider}", flops=args.flops)
         log(f"{job['label']}: preset={args.preset} B={args.batch} M={args.modalities} "
             f"{cfg.image_size}² {args.dtype} on {device}")
         res = run_isolated(_measure_model, job, isolate=not args.no_isolate)
@@ -125,8 +133,8 @@ def model_section(args, cfg: UniMMADConfig, device: torch.device, base_job: Dict
         row.update({k: res[k] for k in ("peak_memory_mb", "peak_memory_kind", "params",
                                         "params_trainable", "params_mb", "times_s")})
         if args.flops:
-            log(f"{job['label']}: counting FLOPs with fvcore")
-            row.update(model_flops(cfg, args, device, provider))
+            row.update({k: res[k] for k in ("gflops_fvcore_per_sample",
+                                            "activated_params_per_unit")})
             row["activated_params_mb"] = (row["activated_params_per_unit"] * row["params_mb"]
                                           / row["params"])
         outputs[provider] = res
