@@ -14,7 +14,24 @@ import sys
 import textwrap
 import warnings
 
+import torch
+
+from kernels.accelerate import accelerate as accelerate_model
+
 from . import bench
+from .config import UniMMADConfig
+from .engine.checkpoint import (CheckpointError, apply_model_state, convert_release, load_checkpoint,
+                                load_weights, read_extras, update_config)
+from .engine.continual import ReplayDataset
+from .engine.demo import run_demo
+from .engine.distributed import init_distributed
+from .engine.evaluate import evaluate, thresholds_table
+from .engine.predict import expand_items, predict_files
+from .engine.runconfig import (DEFAULT_EVAL, RUN_CONFIG_FILE, EvalConfig, build_datasets,
+                               build_model_config, load_run_config, run_file_beside)
+from .engine.trainer import TrainConfig, Trainer, resolve_device
+from .export import export_onnx, save_torch, verify_export
+from .models.model import UniMMAD
 
 __all__ = ["main", "build_parser", "RUN_OUTPUTS"]
 
@@ -88,9 +105,6 @@ def _fields_help(cls) -> str:
 
 
 def _config_help() -> str:
-    from .config import UniMMADConfig
-    from .engine.runconfig import DEFAULT_EVAL
-    from .engine.trainer import TrainConfig
     return "\n".join([
         "run config file (YAML or JSON), every section optional:",
         "  preset: paper | tiny        the base model configuration",
@@ -127,21 +141,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _load_model(checkpoint: str, device: str, accelerate: bool):
     """The model of a checkpoint (folder or its config.json; old .pt read weights-only),
     verified and shape-checked by the one checkpoint reader."""
-    from .engine.checkpoint import load_weights
-    from .engine.trainer import resolve_device
     model = load_weights(checkpoint, device=resolve_device(device))
     if accelerate:
-        from . import accelerate as _accelerate
-        _accelerate(model)
+        accelerate_model(model)
     return model
 
 
 def cmd_train(args) -> int:
-    from .engine.distributed import init_distributed
-    from .engine.runconfig import build_datasets, build_model_config, load_run_config
-    from .engine.trainer import TrainConfig, Trainer
-    from .models.model import UniMMAD
-    import torch
     run = load_run_config(args.config, args.overrides)
     info = init_distributed()
     mcfg = build_model_config(run)
@@ -153,7 +159,6 @@ def cmd_train(args) -> int:
                                preprocess=data.get("preprocess"))
     replay = data.get("replay")
     if replay:
-        from .engine.continual import ReplayDataset
         earlier = build_datasets(replay.get("earlier"), "train", mcfg, data.get("loss_weights"),
                                  preprocess=data.get("preprocess"))
         train_set = ReplayDataset(train_set, [earlier], replay.get("fraction", 0.01))
@@ -162,14 +167,12 @@ def cmd_train(args) -> int:
     torch.manual_seed(tcfg.seed)
     model = UniMMAD(mcfg)
     if args.init:
-        from .engine.checkpoint import apply_model_state, load_checkpoint
         ckpt = load_checkpoint(args.init)
         apply_model_state(model, ckpt["model"], ckpt["source"])
     trainer = Trainer(model, train_set, tcfg, info)
     if args.resume:
         trainer.resume(args.resume)
     if info.is_main:
-        from .engine.runconfig import RUN_CONFIG_FILE
         os.makedirs(tcfg.out_dir, exist_ok=True)
         with open(os.path.join(tcfg.out_dir, RUN_CONFIG_FILE), "w") as f:
             json.dump(run, f, indent=2)
@@ -215,7 +218,6 @@ def _run_file(args) -> "str | None":
     """``--config``, else the run file ``unimmad train`` saved beside ``--checkpoint``."""
     if args.config:
         return args.config
-    from .engine.runconfig import run_file_beside
     found = run_file_beside(args.checkpoint)
     if found:
         log.info("run file: %s (saved beside the checkpoint; --config picks another)", found)
@@ -223,9 +225,6 @@ def _run_file(args) -> "str | None":
 
 
 def cmd_eval(args) -> int:
-    from .engine.checkpoint import CheckpointError, update_config
-    from .engine.evaluate import evaluate, thresholds_table
-    from .engine.runconfig import EvalConfig, build_datasets, load_run_config
     run = load_run_config(_run_file(args), args.overrides)
     ev = EvalConfig.from_dict(run.get("eval") or {})
     model = _load_model(args.checkpoint, args.device, ev.accelerate)
@@ -254,8 +253,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .engine.checkpoint import read_extras
-    from .engine.predict import expand_items, predict_files
     items = expand_items(args.items)
     if args.thresholds:
         with open(args.thresholds, encoding="utf-8") as f:
@@ -283,8 +280,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import torch
-    from .export import export_onnx, save_torch, verify_export
     if args.checkpoint:
         if args.config or args.overrides:
             raise ValueError("export: give either --checkpoint or --config/--set (a fresh "
@@ -292,8 +287,6 @@ def cmd_export(args) -> int:
         model = _load_model(args.checkpoint, "cpu", accelerate=False)
         source = args.checkpoint
     else:
-        from .engine.runconfig import build_model_config, load_run_config
-        from .models.model import UniMMAD
         cfg = build_model_config(load_run_config(args.config, args.overrides))
         torch.manual_seed(args.seed)
         model = UniMMAD(cfg).eval()
@@ -335,7 +328,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .engine.demo import run_demo
     report = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
     print(report.to_markdown())
     print(f"[unimmad demo] wrote {args.out}/eval (results.csv/json/md, overlays/) and "
@@ -344,7 +336,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_convert_release(args) -> int:
-    from .engine.checkpoint import convert_release
     report = convert_release(args.checkpoint_dir, args.backbone_weights, args.out)
     print(report.summary(), file=sys.stderr)
     print(f"[unimmad convert-release] wrote {args.out}/model.safetensors and config.json; use "
