@@ -560,6 +560,10 @@ def read_extras(checkpoint) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- models
+#: Modules whose structure changed when the model took the release's FCM and stem.
+_PRE_RELEASE_PREFIXES = ("embedding.stem.", "embedding.shortcut.", "fcm.align.")
+
+
 def apply_model_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], source) -> None:
     """``model.load_state_dict(state)`` after checking that every key is there with the
     model's shape; otherwise one :class:`CheckpointError` naming ``source`` and listing the
@@ -575,8 +579,14 @@ def apply_model_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], so
     if problems:
         listed = "; ".join(f"{n} ({len(v)}): {', '.join(v[:5])}{', ...' if len(v) > 5 else ''}"
                            for n, v in problems)
-        raise CheckpointError(source, f"does not fit the model ({listed}); was it written for "
-                                      "another model configuration?")
+        keys = missing + unexpected + [m.split(":")[0] for m in mismatched]
+        if all(k.startswith(_PRE_RELEASE_PREFIXES) for k in keys):
+            why = ("only the input stem / FCM alignment blocks differ: it was written before "
+                   "the model took the authors' release structure (SPEC §1) and cannot load; "
+                   "retrain, or convert the authors' weights with `unimmad convert-release`")
+        else:
+            why = "was it written for another model configuration?"
+        raise CheckpointError(source, f"does not fit the model ({listed}); {why}")
     model.load_state_dict(state, strict=False)
 
 
