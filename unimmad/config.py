@@ -62,6 +62,13 @@ class UniMMADConfig:
         inter_modal_prior: add each sample's mean raw prior to its encoder features.
         fcm_width: width of the Feature Compression Module (512).
         fcm_kernel_sizes: kernel sizes of the inner multi-scale bottleneck.
+        embedding_autocast: ``None`` (default: the input embedding + stem in the model's
+            dtype) or ``"bfloat16"`` / ``"float16"``: run that module alone under
+            ``torch.autocast`` at this dtype, its output cast back to the input's dtype.
+            The authors' runs (accelerate ``mixed_precision="bf16"``) did this with
+            ``"bfloat16"``: accelerate autocasts the forward of the modules it prepared, and
+            of those their code calls only the input stem itself (trunk, FCM and C-MoEs are
+            called as submodules and run in fp32).
 
     C-MoE:
         embed_dim, num_base_experts, num_leaders, top_k, cmoe_kernel_sizes,
@@ -85,6 +92,7 @@ class UniMMADConfig:
     inter_modal_prior: bool = True
     fcm_width: int = 512
     fcm_kernel_sizes: Tuple[int, ...] = (1, 3, 5)
+    embedding_autocast: Optional[str] = None
 
     embed_dim: int = 256
     num_base_experts: int = 8
@@ -192,6 +200,10 @@ class UniMMADConfig:
                 raise ValueError(f"UniMMADConfig.{name} must be odd positive sizes, got {ks}")
         if self.fcm_width // len(self.fcm_kernel_sizes) < 2:
             raise ValueError("UniMMADConfig.fcm_width is too small for its kernel sizes")
+        if self.embedding_autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(
+                f"UniMMADConfig.embedding_autocast must be None, 'bfloat16' or 'float16', got "
+                f"{self.embedding_autocast!r}")
         if self.moe_anneal not in ("quadratic", "linear"):
             raise ValueError(
                 f"UniMMADConfig.moe_anneal must be 'quadratic' or 'linear', got "
