@@ -183,6 +183,22 @@ def test_bad_config_json_is_refused_clearly(tiny_model, tmp_path):
         load_weights(tmp_path / "missing")
 
 
+def test_a_checkpoint_of_the_pre_release_fcm_and_stem_is_refused_saying_why(tiny_model, tmp_path):
+    # the earlier structure: BN'd shortcuts in the FCM's alignment blocks, bias-free stem convs
+    sd = dict(tiny_model.state_dict())
+    w = sd.pop("fcm.align.0.shortcut.weight")
+    sd["fcm.align.0.shortcut.0.weight"] = w
+    sd["fcm.align.0.shortcut.1.weight"] = torch.ones(w.shape[0])
+    sd.pop("embedding.stem.0.bias")
+    with pytest.raises(CheckpointError, match="written before the model took the authors' release "
+                                              "structure") as e:
+        apply_model_state(_tiny(), sd, "old.pt")
+    assert "fcm.align.0.shortcut.weight" in str(e.value) and "convert-release" in str(e.value)
+    sd["decoder.other"] = torch.zeros(1)  # anything else: the generic hint
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        apply_model_state(_tiny(), sd, "old.pt")
+
+
 def test_missing_unexpected_and_misshaped_keys_are_listed_with_the_file(tiny_model, tmp_path):
     other = UniMMADConfig.tiny().replace(embed_dim=UniMMADConfig.tiny().embed_dim * 2)
     with warnings.catch_warnings():

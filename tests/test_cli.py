@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
     main(["bench", "--preset", "tiny", "--batch", "2", "--modalities", "3", "--warmup", "0",
-          "--iters", "2", "--out", str(tmp_path), "--no-isolate", "--quiet"])
+          "--iters", "2", "--out", str(tmp_path), "--no-isolate", "--quiet",
+          "--sections", "model,cmoe,map"])
     rec = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["section"], r["provider"], r.get("level")): r for r in rec["results"]}
     ref, acc = rows[("model", "reference", None)], rows[("model", "torch", None)]
@@ -35,7 +36,47 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
     assert amap["status"] == "ok" and amap["gbps"] > 0 and amap["parity_rel_err"] <= amap["parity_tol"]
     assert rec["meta"]["torch"] and rec["config"]["image_size"] == 64
     assert "samples/s" in (tmp_path / "bench.md").read_text()
-    assert "| model | reference |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| model | reference |" not in out          # Markdown goes to bench.md only
+    assert "| model | reference |" in (tmp_path / "bench.md").read_text()
+    lines = out.splitlines()
+    assert max(len(l) for l in lines[:-1]) < 100       # a table that does not wrap
+    head = lines[1].split()
+    assert head[:2] == ["section", "provider"] and "speedup" in head
+    assert sum(l.startswith("model ") for l in lines) == 2
+    assert sum(l.startswith("cmoe ") for l in lines) == 7
+
+
+def test_bench_cpu_default_sections_and_noisy_rows(tmp_path, capsys, monkeypatch):
+    from unimmad.bench import cli as bcli
+    rows = [{"latency_median_ms": 8.2, "latency_iqr_ms": 197.0},
+            {"latency_median_ms": 100.0, "latency_iqr_ms": 20.0},
+            {"latency_median_ms": 100.0, "latency_iqr_ms": 30.0}]
+    bcli.mark_noisy(rows)
+    assert [r["noisy"] for r in rows] == [True, False, True]
+    # the default run on a CPU: model and map sections, noisy rows said to be so
+    real = bcli.mark_noisy
+    monkeypatch.setattr(bcli, "mark_noisy", lambda rows: [real(rows), rows[0].update(
+        noisy=True)])
+    main(["bench", "--preset", "tiny", "--warmup", "0", "--iters", "1", "--out",
+          str(tmp_path), "--no-isolate", "--no-flops", "--device", "cpu"])
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["section"] for r in rec["results"]} == {"model", "map"}
+    cap = capsys.readouterr()
+    assert "--sections model,cmoe,map" in cap.err
+    assert "marked noisy" in cap.err and "--threads" in cap.err
+    assert "ok noisy" in cap.out or "FAIL parity noisy" in cap.out
+    assert "(noisy)" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_help_is_plain_text():
+    from unimmad.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    text = sub.choices["bench"].format_help()
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "(default: paper)" in text
 
 
 def test_bench_reports_failing_parity_without_speedup(monkeypatch, tmp_path):

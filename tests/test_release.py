@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import TOL, assert_rel
 from release_layout import random_tensors, release_layout
 from unimmad import CMoE, UniMMAD, UniMMADConfig, load_release_checkpoint
 from unimmad.cli import main
@@ -412,3 +413,75 @@ def test_alignment_blocks_follow_spec(mode):
     assert out.shape == ref.shape == (2, cout) + ((size * 2,) * 2 if mode == "up" else
                                                   (size // 2,) * 2 if mode == "down" else (size,) * 2)
     assert float((out - ref).norm() / ref.norm()) < 1e-12
+
+
+@pytest.mark.parametrize("autocast, low", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_embedding_autocast_runs_the_stem_alone_in_low_precision(autocast, low):
+    # The authors' runs autocast only their input stem (accelerate's mixed precision on
+    # the one prepared module their code calls itself): embedding_autocast reproduces it.
+    torch.manual_seed(0)
+    cfg = TINY.replace(embedding_autocast=autocast)
+    model = UniMMAD(cfg).eval()
+    emb = model.embedding
+    with torch.no_grad():
+        for m in emb.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    x = torch.randn(2, cfg.input_channels, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        y = emb(x)
+    assert y.dtype == torch.float32
+    # every value is a low-precision number: the module's last op ran in that dtype
+    assert torch.equal(y, y.to(low).float())
+
+    # float64 reference rounding to the low dtype at every op boundary, as autocast does
+    def rnd(t):
+        return t.to(low).double()
+
+    def conv(t, c):
+        return rnd(F.conv2d(rnd(t), rnd(c.weight.double()), rnd(c.bias.double()), padding=c.padding))
+
+    def bn(t, b):
+        return rnd(F.batch_norm(t, b.running_mean.double(), b.running_var.double(),
+                                b.weight.double(), b.bias.double(), False, 0.0, b.eps))
+
+    s = emb.stem
+    a = (x + emb.embedding).double()
+    h = bn(conv(a, s[0]), s[1]).relu()
+    h = bn(conv(h, s[3]), s[4]).relu()
+    ref = rnd(conv(h, s[6]) + conv(a, emb.shortcut))
+    assert_rel(y, ref, TOL["bf16"], f"stem under {autocast} autocast")
+    full = UniMMAD(TINY).eval()
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        y32 = full.embedding(x)
+    # the default stays in fp32: the same reference without rounding
+    def conv64(t, c):
+        return F.conv2d(t, c.weight.double(), c.bias.double(), padding=c.padding)
+
+    def bn64(t, b):
+        return F.batch_norm(t, b.running_mean.double(), b.running_var.double(),
+                            b.weight.double(), b.bias.double(), False, 0.0, b.eps)
+
+    h = bn64(conv64(a, s[0]), s[1]).relu()
+    h = bn64(conv64(h, s[3]), s[4]).relu()
+    assert_rel(y32, conv64(h, s[6]) + conv64(a, emb.shortcut), TOL["fp32"], "fp32 stem")
+    assert not torch.equal(y32, y32.to(low).float())
+    # the rest of the model runs in the model's dtype
+    images = torch.randn(2, cfg.max_modalities, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        out = model(images, torch.tensor([2, 1]))
+    assert all(p.dtype == torch.float32 for p in out.predictions)
+    assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_embedding_autocast_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="embedding_autocast"):
+        TINY.replace(embedding_autocast="bf16")
+    cfg = TINY.replace(embedding_autocast="bfloat16")
+    assert UniMMADConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert UniMMADConfig.from_dict({k: v for k, v in TINY.to_dict().items()
+                                    if k != "embedding_autocast"}).embedding_autocast is None

@@ -7,19 +7,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 __all__ = ["UniMMADConfig", "dataclass_from_dict"]
 
 
-def dataclass_from_dict(cls, d: dict):
-    """``cls(**d)``, refusing unknown keys with a message that names them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+def dataclass_from_dict(cls, d: dict, where: Optional[str] = None):
+    """``cls(**d)`` for a mapping read from a file or the command line: unknown keys are
+    refused (named, with the known ones), and every value is checked against its field's
+    type hint first (:func:`unimmad.checks.check_type`: booleans are not numbers, numbers
+    are finite, strings are not lists).  ``where`` names the section in messages
+    (default: the class name), e.g. ``train`` → ``train.lr: expected a number, got str
+    'abc'``."""
+    from .checks import check_type
+    where = where or cls.__name__
+    if not isinstance(d, dict):
+        raise TypeError(f"{where}: expected a mapping of {cls.__name__} fields, got "
+                        f"{type(d).__name__} {d!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in set(d) - set(names))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {unknown}")
-    return cls(**d)
+        raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown}; known: "
+                         f"{', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in d.items():
+        check_type(f"{where}.{k}", v, hints[k])
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as exc:  # name the fields as the caller knows them
+        raise type(exc)(str(exc).replace(f"{cls.__name__}.", f"{where}.")) from None
 
 
 @dataclass
@@ -44,6 +62,13 @@ class UniMMADConfig:
         inter_modal_prior: add each sample's mean raw prior to its encoder features.
         fcm_width: width of the Feature Compression Module (512).
         fcm_kernel_sizes: kernel sizes of the inner multi-scale bottleneck.
+        embedding_autocast: ``None`` (default: the input embedding + stem in the model's
+            dtype) or ``"bfloat16"`` / ``"float16"``: run that module alone under
+            ``torch.autocast`` at this dtype, its output cast back to the input's dtype.
+            The authors' runs (accelerate ``mixed_precision="bf16"``) did this with
+            ``"bfloat16"``: accelerate autocasts the forward of the modules it prepared, and
+            of those their code calls only the input stem itself (trunk, FCM and C-MoEs are
+            called as submodules and run in fp32).
 
     C-MoE:
         embed_dim, num_base_experts, num_leaders, top_k, cmoe_kernel_sizes,
@@ -67,6 +92,7 @@ class UniMMADConfig:
     inter_modal_prior: bool = True
     fcm_width: int = 512
     fcm_kernel_sizes: Tuple[int, ...] = (1, 3, 5)
+    embedding_autocast: Optional[str] = None
 
     embed_dim: int = 256
     num_base_experts: int = 8
@@ -137,8 +163,10 @@ class UniMMADConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UniMMADConfig":
-        return dataclass_from_dict(cls, d)
+    def from_dict(cls, d: dict, where: Optional[str] = None) -> "UniMMADConfig":
+        """Fields from a mapping (unknown keys and wrong types refused, named with
+        ``where``, e.g. ``"model"``)."""
+        return dataclass_from_dict(cls, d, where)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -172,6 +200,10 @@ class UniMMADConfig:
                 raise ValueError(f"UniMMADConfig.{name} must be odd positive sizes, got {ks}")
         if self.fcm_width // len(self.fcm_kernel_sizes) < 2:
             raise ValueError("UniMMADConfig.fcm_width is too small for its kernel sizes")
+        if self.embedding_autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(
+                f"UniMMADConfig.embedding_autocast must be None, 'bfloat16' or 'float16', got "
+                f"{self.embedding_autocast!r}")
         if self.moe_anneal not in ("quadratic", "linear"):
             raise ValueError(
                 f"UniMMADConfig.moe_anneal must be 'quadratic' or 'linear', got "

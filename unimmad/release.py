@@ -622,6 +622,11 @@ def load_release_checkpoint(checkpoint_dir: str | os.PathLike,
     To reproduce the release's numbers, feed the release's preprocessing: ImageNet
     normalisation at 256², depth background filled with the foreground mean and
     ``(d − mean)·100`` — ``unimmad.data.Preprocess(depth_fill="mean", depth_norm="center")``.
+    The authors' own runs also had their input stem under bf16 autocast (accelerate's
+    ``mixed_precision="bf16"``; everything else in fp32): for that, pass ``config=
+    release_config(infer_release_config(read_release_checkpoint(checkpoint_dir)[0]))
+    .replace(embedding_autocast="bfloat16")``.  The default (fp32 throughout) is what
+    their model code gives when run as it is.
     """
     from .models.backbone import load_backbone_weights, resolve_weights_path
     from .models.model import UniMMAD

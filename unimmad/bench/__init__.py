@@ -9,6 +9,7 @@
 
 ``tests/``, ``benchmarks/test_bench_*.py`` and the GPU scripts import these modules.
 """
-from .cli import DESCRIPTION, add_arguments, main, run, to_markdown
+from .cli import DESCRIPTION, HelpFormatter, add_arguments, main, run, to_markdown, to_terminal
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "main", "to_markdown"]
+__all__ = ["DESCRIPTION", "HelpFormatter", "add_arguments", "run", "main", "to_markdown",
+           "to_terminal"]

@@ -31,12 +31,21 @@ hold and, next to its peak memory, the reference's.
 Output: a printed table, ``bench.json`` and ``bench.md`` in ``--out``; ``bench.json`` is
 also written after every shape and section (``"complete": false`` until the run ends), so
 an interrupted run keeps what it measured.
+
+On a CPU the default run is the ``model`` and ``map`` sections with one warm-up and three
+timed calls each (a few minutes on two cores at paper dimensions); ``--sections
+model,cmoe,map`` adds the per-level C-MoE rows.
+
+Output: a compact table on the terminal; the full table in ``bench.md`` and every number
+in ``bench.json`` (``--out``).  A row whose spread (IQR) exceeds a quarter of its median is
+marked ``noisy``: the machine was busy; rerun it (``--threads``, more ``--iters``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 from typing import Dict, List
 
 import torch
@@ -48,9 +57,36 @@ from .meta import environment
 from .sections import (DEFAULT_SECTIONS, DTYPES, SECTIONS, cmoe_section, load_average, log,
                        map_section, model_section, train_section)
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "main", "to_markdown", "COLUMNS"]
+__all__ = ["DESCRIPTION", "add_arguments", "run", "main", "to_markdown", "to_terminal",
+           "mark_noisy", "COLUMNS", "TERMINAL_COLUMNS", "HelpFormatter", "NOISY_SPREAD"]
 
-DESCRIPTION = __doc__
+#: Sections run by default on a CUDA device, and on a CPU (where the C-MoE rows alone
+#: would double the run's time).
+DEFAULT_SECTIONS_CUDA = tuple(DEFAULT_SECTIONS)
+DEFAULT_SECTIONS_CPU = ("model", "map")
+#: A row whose IQR exceeds this fraction of its median is marked noisy.
+NOISY_SPREAD = 0.25
+
+
+def _plain(doc: str) -> str:
+    """The module docstring as ``--help`` text: no reST markup."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return text.replace("``", "").strip() + "\n"
+
+
+DESCRIPTION = _plain(__doc__)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's lines; adds ``(default: X)`` to options that take a value
+    and have a default (not to flags, whose default is just "off")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or action.default in (None, argparse.SUPPRESS)
+                or action.nargs == 0 or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 MODEL_PROVIDERS = ("reference",) + FAST_PROVIDERS
 
@@ -91,10 +127,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="parameter and input dtype")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--sections", type=_csv("sections"), default=list(DEFAULT_SECTIONS),
+    p.add_argument("--sections", type=_csv("sections"), default=None,
                    help="comma list of: model (end-to-end inference), train (one training "
-                   "step; not run by default), cmoe (one C-MoE per level), map (anomaly map "
-                   "+ image score)")
+                   "step; never run by default), cmoe (one C-MoE per level), map (anomaly map "
+                   "+ image score); default: model,cmoe,map on CUDA, model,map on a CPU")
     p.add_argument("--providers", type=_csv("providers"), default=None,
                    help="model providers: reference, torch, triton (default: reference and "
                    "the fast path of the device: triton on CUDA, torch elsewhere)")
@@ -143,6 +179,12 @@ def run(args: argparse.Namespace) -> Dict:
     if "bounded" not in args.cache:
         args.cache_mb = None
     device = _resolve_device(args.device)
+    if args.sections is None:
+        args.sections = list(DEFAULT_SECTIONS_CUDA if device.type == "cuda"
+                             else DEFAULT_SECTIONS_CPU)
+        if device.type != "cuda":
+            log("CPU run: sections model,map (add the per-level C-MoE rows with --sections "
+                "model,cmoe,map)")
     fast = fast_provider(device)
     if args.providers is None:
         args.providers = ["reference", fast]
@@ -189,13 +231,78 @@ def run(args: argparse.Namespace) -> Dict:
         save()
     if "map" in args.sections:
         rows += map_section(args, cfg, device, fast)
+    mark_noisy(rows)
     record = save(complete=True)
     md = to_markdown(record)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(md)
-    print(md)
-    log(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md")
+    print(to_terminal(record))
+    noisy = [r for r in rows if r.get("noisy")]
+    if noisy:
+        log(f"{len(noisy)} row(s) marked noisy (IQR > {NOISY_SPREAD:.0%} of the median): the "
+            f"machine was busy (load average {_load()}); rerun with fewer threads than cores "
+            f"(--threads {max(1, (os.cpu_count() or 2) // 2)}) or more --iters before trusting "
+            "them")
+    log(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md (the full table)")
     return record
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "unknown"
+
+
+def mark_noisy(rows: List[Dict]) -> None:
+    """``row["noisy"] = True`` where the IQR exceeds :data:`NOISY_SPREAD` of the median."""
+    for r in rows:
+        med, iqr = r.get("latency_median_ms"), r.get("latency_iqr_ms")
+        if med and iqr is not None:
+            r["noisy"] = bool(iqr > NOISY_SPREAD * med)
+
+
+#: The terminal table's columns (the full set is in bench.md / bench.json).
+TERMINAL_COLUMNS = [
+    ("section", "section", "{}"), ("provider", "provider", "{}"), ("level", "lvl", "{}"),
+    ("units", "units", "{}"), ("latency_median_ms", "median ms", "{:.1f}"),
+    ("latency_iqr_ms", "IQR ms", "{:.1f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("gflops_fvcore_per_sample", "GFLOPs", "{:.1f}"), ("parity_rel_err", "rel.err", "{:.1e}"),
+    ("status", "status", "{}"), ("speedup", "speedup", "{:.2f}x"),
+]
+
+
+def _cells(r: Dict, cols) -> List[str]:
+    out = []
+    for key, _, fmt in cols:
+        v = r.get(key)
+        text = "-" if v is None else fmt.format(v)
+        if key == "status" and r.get("noisy"):
+            text += " noisy"
+        out.append(text)
+    return out
+
+
+def to_terminal(record: Dict) -> str:
+    """The results as a narrow plain-text table (under 100 columns) with a two-line
+    legend; ``bench.md`` has every column."""
+    rows = record["results"]
+    cols = [c for c in TERMINAL_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    table = [[c[1] for c in cols]] + [_cells(r, cols) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    m = record["meta"]
+    r0 = rows[0] if rows else {}
+    lines = [f"unimmad bench: {m['device_name']} ({m['device']}), {r0.get('dtype', '')}, "
+             f"B={r0.get('batch', '')}, {m.get('cpu_threads')} threads"]
+    for i, row in enumerate(table):
+        lines.append("  ".join(v.rjust(w) if j >= 3 else v.ljust(w)
+                               for j, (v, w) in enumerate(zip(row, widths))).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("GFLOPs: fvcore multiply-adds per sample; speedup vs the reference of the "
+                 "same run, shown only where rel.err is within SPEC §3; noisy: IQR > "
+                 f"{NOISY_SPREAD:.0%} of the median.")
+    return "\n".join(lines)
 
 
 COLUMNS = [
@@ -217,7 +324,7 @@ COLUMNS = [
 
 
 def to_markdown(record: Dict) -> str:
-    """The result record as a Markdown table with a legend."""
+    """The result record as a Markdown table with a legend (every column)."""
     m = record["meta"]
     cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in record["results"])]
     lines = [f"# unimmad bench — {m['device_name']} ({m['device']}), torch {m['torch']}, "
@@ -228,7 +335,8 @@ def to_markdown(record: Dict) -> str:
         cells = []
         for key, _, fmt in cols:
             v = r.get(key)
-            cells.append("—" if v is None else fmt.format(v))
+            cells.append(("—" if v is None else fmt.format(v))
+                         + (" (noisy)" if key == "status" and r.get("noisy") else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["",
               "Providers: reference — the plain PyTorch model; torch / triton — "
@@ -256,12 +364,15 @@ def to_markdown(record: Dict) -> str:
               "call (all threads), and CPU-time speedup its ratio to the reference's — "
               "less sensitive to other processes than wall-clock time; load (1 min): the 1-minute load "
               "average at the start and end of that shape's measurement (the machine has "
-              f"{record['meta'].get('cpu_count')} CPUs)."]
+              f"{record['meta'].get('cpu_count')} CPUs). (noisy): the "
+              f"IQR exceeds {NOISY_SPREAD:.0%} of the median — the machine was busy, rerun "
+              "before trusting the row."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="unimmad bench", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="unimmad bench", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
     add_arguments(p)
     run(p.parse_args(argv))
     return 0

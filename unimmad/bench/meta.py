@@ -8,6 +8,7 @@ which :func:`provenance` checks against the files actually there.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 from typing import Dict, List, Optional
 
 import torch
@@ -172,6 +174,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@contextlib.contextmanager
+def _silenced_stderr():
+    """File descriptor 2 pointed at /dev/null for the duration (what C++ code prints there
+    is dropped; Python's ``sys.stderr`` is flushed first).  Used around the profiler's
+    start and stop only, never around the measured call."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_mb(fn, device) -> float:
     """Peak tensor memory (MiB) allocated during one call of ``fn``, above what was live
     before it: CUDA max-allocated on GPU; on CPU, the running sum of the torch profiler's
@@ -184,8 +206,14 @@ def peak_memory_mb(fn, device) -> float:
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _silenced_stderr():     # the profiler's C++ "USDT: ... profiler_start/stop" lines
+        prof.start()
+    try:
         fn()
+    finally:
+        with _silenced_stderr():
+            prof.stop()
     cur = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
         cur += e.self_cpu_memory_usage

@@ -61,7 +61,8 @@ from ..tensorio import (NUMPY_ARRAY_GLOBALS, TensorFileError, fsync_dir, read_sa
                         read_torch_weights_only, sha256_file, write_safetensors)
 
 __all__ = ["CheckpointError", "save_weights", "load_weights", "save_checkpoint",
-           "load_checkpoint", "export_weights", "convert_release", "apply_model_state", "clean_stale",
+           "load_checkpoint", "export_weights", "convert_release", "update_config",
+           "read_extras", "apply_model_state", "clean_stale",
            "rng_state", "set_rng_state", "WEIGHTS_FORMAT", "TRAINING_FORMAT",
            "FORMAT_VERSION", "MODEL_FILE", "CONFIG_FILE", "TRAINING_FILE",
            "TRAINING_TENSORS_FILE"]
@@ -493,7 +494,76 @@ def _load_legacy(path: str, training: bool) -> Dict[str, Any]:
     return out
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)           # the same bytes, no copy (the old folder is removed after)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def update_config(checkpoint, extra: Dict[str, Any]) -> str:
+    """Add or replace extra keys of a checkpoint folder's ``config.json`` (e.g.
+    ``{"thresholds": ...}``), keeping every SHA-256 record right: a training-state folder's
+    ``training.json`` records the new ``config.json``.  The folder is rewritten atomically
+    like a save (its tensor files hard-linked into the new folder, copied where a link is
+    impossible); the tensor files are not re-hashed (their records are kept as they are and
+    are verified on every load).  Refuses an old single-file ``.pt`` checkpoint, a
+    folder whose ``training.json`` does not match its ``config.json``, and the reserved
+    keys.  Returns the folder's absolute path."""
+    path = os.fspath(checkpoint)
+    if os.path.isfile(path) and path.lower().endswith(_LEGACY_SUFFIXES):
+        raise CheckpointError(path, "an old single-file checkpoint cannot hold extra entries; "
+                                    "convert it with unimmad.engine.export_weights(path, folder)")
+    folder = os.path.abspath(_locate(path))
+    extra = dict(extra)
+    clash = sorted(set(extra) & set(_RESERVED_CONFIG_KEYS))
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite the checkpoint's own entries")
+    cfg_path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(folder, f"no {CONFIG_FILE}: not a unimmad checkpoint folder")
+    cfg = _read_json(cfg_path)
+    _check_format(cfg_path, cfg, WEIGHTS_FORMAT)
+    tpath = os.path.join(folder, TRAINING_FILE)
+    tj = None
+    if os.path.isfile(tpath):
+        tj = _read_json(tpath)
+        _check_format(tpath, tj, TRAINING_FORMAT)
+        _verify(folder, CONFIG_FILE, tj.get("files"), tpath)
+    cfg.update(json.loads(json.dumps(extra, allow_nan=False)))  # JSON-ready, or an error now
+
+    def write(tmp):
+        for entry in sorted(os.listdir(folder)):
+            src = os.path.join(folder, entry)
+            if entry not in (CONFIG_FILE, TRAINING_FILE) and os.path.isfile(src):
+                _link_or_copy(src, os.path.join(tmp, entry))
+        _write_json(os.path.join(tmp, CONFIG_FILE), cfg)
+        if tj is not None:
+            tj["files"] = dict(_files_of(tj), **{CONFIG_FILE: _file_entry(
+                os.path.join(tmp, CONFIG_FILE))})
+            _write_json(os.path.join(tmp, TRAINING_FILE), tj, indent=None)
+
+    return _write_folder(folder, write)
+
+
+def read_extras(checkpoint) -> Dict[str, Any]:
+    """The extra keys of a checkpoint's ``config.json`` (e.g. ``"thresholds"``, stored by
+    ``unimmad eval``) without reading its tensors; ``{}`` for an old ``.pt`` file."""
+    path = os.fspath(checkpoint)
+    if os.path.isfile(path) and path.lower().endswith(_LEGACY_SUFFIXES):
+        return {}
+    cfg_path = os.path.join(_locate(path), CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(path, f"no {CONFIG_FILE}: not a unimmad checkpoint folder")
+    cfg = _read_json(cfg_path)
+    return {k: v for k, v in cfg.items() if k not in _RESERVED_CONFIG_KEYS}
+
+
 # ----------------------------------------------------------------------------- models
+#: Modules whose structure changed when the model took the release's FCM and stem.
+_PRE_RELEASE_PREFIXES = ("embedding.stem.", "embedding.shortcut.", "fcm.align.")
+
+
 def apply_model_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], source) -> None:
     """``model.load_state_dict(state)`` after checking that every key is there with the
     model's shape; otherwise one :class:`CheckpointError` naming ``source`` and listing the
@@ -509,8 +579,14 @@ def apply_model_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], so
     if problems:
         listed = "; ".join(f"{n} ({len(v)}): {', '.join(v[:5])}{', ...' if len(v) > 5 else ''}"
                            for n, v in problems)
-        raise CheckpointError(source, f"does not fit the model ({listed}); was it written for "
-                                      "another model configuration?")
+        keys = missing + unexpected + [m.split(":")[0] for m in mismatched]
+        if all(k.startswith(_PRE_RELEASE_PREFIXES) for k in keys):
+            why = ("only the input stem / FCM alignment blocks differ: it was written before "
+                   "the model took the authors' release structure (SPEC §1) and cannot load; "
+                   "retrain, or convert the authors' weights with `unimmad convert-release`")
+        else:
+            why = "was it written for another model configuration?"
+        raise CheckpointError(source, f"does not fit the model ({listed}); {why}")
     model.load_state_dict(state, strict=False)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import secrets
@@ -33,7 +34,10 @@ from .continual import freeze_for_continual
 from .distributed import (DistInfo, DistributedClassBalancedSampler, all_reduce_sum,
                           balance_reducer)
 
-__all__ = ["TrainConfig", "Trainer", "LossModule", "ExpertUsage", "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "LossModule", "ExpertUsage", "resolve_device",
+           "check_device", "CosineSchedule", "RESUME_SCHEDULES"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +56,11 @@ class TrainConfig:
     parameters). out_dir: the training state ``last/``, the weights-only checkpoint
     ``weights/`` (after the last epoch) and ``log.jsonl``.
     checkpoint_every: epochs between checkpoints. log_every: steps between log lines.
+    resume_schedule: what a resume does when ``epochs`` differs from the run it continues:
+    ``"keep"`` (default) keeps the schedule the run was started with (the learning rate
+    still reaches 0 where it would have, the L_MoE annealing too); ``"stretch"`` decays the
+    learning rate from its current value to 0 over the new remaining steps (the L_MoE
+    annealing keeps its epochs).  Either way the resume says what it did.
     """
 
     epochs: int = 200
@@ -73,26 +82,64 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     progress: bool = True
+    resume_schedule: str = "keep"
 
     def __post_init__(self):
+        from ..checks import check_int, check_real, check_type
+        check_type("TrainConfig.betas", self.betas, Tuple[float, float])
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        check_int("TrainConfig.num_workers", self.num_workers, 0)
+        check_int("TrainConfig.seed", self.seed)
+        if self.samples_per_epoch is not None:
+            check_int("TrainConfig.samples_per_epoch", self.samples_per_epoch, 1)
+        if self.resume_schedule not in RESUME_SCHEDULES:
+            raise ValueError(f"TrainConfig.resume_schedule must be one of {RESUME_SCHEDULES}, "
+                             f"got {self.resume_schedule!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        check_real("TrainConfig.lr", self.lr, 0.0, low_open=True)
+        check_real("TrainConfig.weight_decay", self.weight_decay, 0.0)
+        for i, b in enumerate(self.betas):
+            check_real(f"TrainConfig.betas[{i}]", b, 0.0, 1.0, high_open=True)
+        if self.grad_clip is not None:
+            check_real("TrainConfig.grad_clip", self.grad_clip, 0.0, low_open=True)
+        for name in ("bf16", "accelerate", "freeze_batchnorm", "continual", "progress"):
+            check_type(f"TrainConfig.{name}", getattr(self, name), bool)
+        for name in ("out_dir", "device"):
+            check_type(f"TrainConfig.{name}", getattr(self, name), str)
+        if not self.out_dir:
+            raise ValueError("TrainConfig.out_dir must name a folder")
+        check_device(self.device, "TrainConfig.device")
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "TrainConfig":
-        return dataclass_from_dict(cls, d)
+    def from_dict(cls, d: Dict, where: Optional[str] = "train") -> "TrainConfig":
+        """Fields from a mapping (unknown keys and wrong types refused, named with
+        ``where``)."""
+        return dataclass_from_dict(cls, d, where)
+
+
+def check_device(name, where: str = "device") -> None:
+    """``name`` is ``auto`` or a device string torch understands (``cpu``, ``cuda``,
+    ``cuda:1``, ...), else a ``ValueError`` naming ``where``."""
+    if not isinstance(name, str):
+        raise TypeError(f"{where} must be a string such as 'auto', 'cpu' or 'cuda:0', got "
+                        f"{type(name).__name__} {name!r}")
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{where}: {name!r} is not a device (auto, cpu, cuda, cuda:N, ...)"
+                         ) from None
 
 
 def resolve_device(name: str, dist_info: Optional[DistInfo] = None) -> torch.device:
+    """The device meant by ``name`` (``auto``: CUDA when available, else the CPU)."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_info.local_rank if dist_info else 0)
@@ -129,8 +176,36 @@ class LossModule(nn.Module):
         return total, parts
 
 
-def _cosine(total_steps: int):
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+class CosineSchedule:
+    """The learning-rate factor of step ``step``: 1 → 0 along a half cosine over
+    ``total_steps`` — or, after a resume that stretched the schedule, from
+    ``start_factor`` at ``start_step`` to 0 at ``total_steps``.  ``anneal_epochs`` is the
+    ``total_epochs`` of the L_MoE annealing.  A callable object (not a lambda) so that
+    ``LambdaLR.state_dict()`` saves these numbers and a resume restores them: the schedule
+    a run was started with survives a change of ``train.epochs``."""
+
+    def __init__(self, total_steps: int, anneal_epochs: int, start_step: int = 0,
+                 start_factor: float = 1.0):
+        self.total_steps = int(total_steps)
+        self.anneal_epochs = int(anneal_epochs)
+        self.start_step = int(start_step)
+        self.start_factor = float(start_factor)
+
+    def __call__(self, step: int) -> float:
+        span = max(self.total_steps - self.start_step, 1)
+        done = min(max(step - self.start_step, 0), span)
+        return self.start_factor * 0.5 * (1.0 + math.cos(math.pi * done / span))
+
+    def describe(self, steps_per_epoch: int) -> str:
+        epochs = self.total_steps / max(steps_per_epoch, 1)
+        text = f"cosine to 0 at step {self.total_steps} (epoch {epochs:g})"
+        if self.start_step:
+            text += f", stretched at step {self.start_step} from factor {self.start_factor:.3g}"
+        return text + f"; L_MoE annealed over {self.anneal_epochs} epochs"
+
+
+#: ``TrainConfig.resume_schedule`` values.
+RESUME_SCHEDULES = ("keep", "stretch")
 
 
 class ExpertUsage:
@@ -267,7 +342,8 @@ class Trainer:
     def _setup_schedule(self) -> None:
         """Cosine decay of the learning rate to 0 over every step of the run."""
         self.total_steps = self.config.epochs * len(self.loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(self.total_steps))
+        self.schedule = CosineSchedule(self.total_steps, self.config.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
 
     # ------------------------------------------------------------------ state
     @property
@@ -312,6 +388,7 @@ class Trainer:
                                               "resume with the run's own train settings "
                                               "(optimizer, continual)") from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self._resume_schedule(ckpt, saved, source)
         try:
             set_rng_state(ckpt["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -319,6 +396,45 @@ class Trainer:
         if ckpt.get("classes") and list(ckpt["classes"]) != self.classes:
             warnings.warn(f"{source}: trained on classes {ckpt['classes']}, resumed on "
                           f"{self.classes}", UserWarning, stacklevel=2)
+
+    def _resume_schedule(self, ckpt: Dict, saved: Dict, source) -> None:
+        """After the scheduler state is loaded: the schedule the run was started with
+        (restored with it; derived from the saved ``train.epochs`` for checkpoints that
+        predate :class:`CosineSchedule`), kept or stretched to this run's ``epochs`` as
+        ``config.resume_schedule`` says, and a line saying so when they differ."""
+        lambdas = (ckpt.get("scheduler") or {}).get("lr_lambdas") or [None]
+        if lambdas[0] is None:  # a lambda schedule: its total was the saved epochs' steps
+            old_epochs = int(saved.get("epochs", self.config.epochs))
+            self.schedule.total_steps = old_epochs * len(self.loader)
+            self.schedule.anneal_epochs = old_epochs
+        if self.schedule.total_steps == self.total_steps:
+            return
+        steps = len(self.loader)
+        before = self.schedule.describe(steps)
+        if self.config.resume_schedule == "stretch":
+            factor = self.schedule(self.step)
+            self.schedule.start_step, self.schedule.start_factor = self.step, factor
+            self.schedule.total_steps = self.total_steps
+            self._set_lr()
+            log.info("%s: resumed at step %d with train.epochs=%d; the learning-rate schedule "
+                     "(%s) is stretched (train.resume_schedule=stretch): now %s",
+                     source, self.step, self.config.epochs, before,
+                     self.schedule.describe(steps))
+            return
+        ends = ("; the epochs after it train with learning rate 0"
+                if self.total_steps > self.schedule.total_steps else "")
+        log.warning("%s: resumed with train.epochs=%d, but the run was started with another "
+                    "length: keeping its learning-rate schedule (%s)%s. To decay the learning "
+                    "rate over the new length instead, resume with --set "
+                    "train.resume_schedule=stretch", source, self.config.epochs, before, ends)
+
+    def _set_lr(self) -> None:
+        """Put the scheduler's current factor into the optimizer (after changing it)."""
+        factor = self.schedule(self.scheduler.last_epoch)
+        lrs = [base * factor for base in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
 
     # ------------------------------------------------------------------ training
     def _set_train_mode(self) -> None:
@@ -375,7 +491,8 @@ class Trainer:
         weight = batch["sample_weight"].to(self.device)
         epoch_pos = self.epoch + (self.step % len(self.loader)) / len(self.loader)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            total, parts = self.wrapped(images, nm, weight, epoch_pos, cfg.epochs)
+            total, parts = self.wrapped(images, nm, weight, epoch_pos,
+                                        self.schedule.anneal_epochs)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.keep_grads is not None:
@@ -399,6 +516,14 @@ class Trainer:
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite training loss at step {self.step}: {out}")
         return out
+
+    def epoch_line(self, summary: Dict) -> str:
+        """One line for an epoch's summary: loss and its parts, learning rate, time."""
+        parts = " ".join(f"{k} {summary[k]:.4g}" for k in ("dec", "moe", "balance")
+                         if k in summary)
+        return (f"epoch {summary['epoch']}/{self.config.epochs}  loss {summary.get('loss', 0):.4f}"
+                f" ({parts})  lr {self.scheduler.get_last_lr()[0]:.3g}  {summary['steps']} steps "
+                f"{summary['seconds']:.1f} s")
 
     def fit(self, stop_after_epochs: Optional[int] = None) -> List[Dict]:
         """Train from the current epoch to ``config.epochs`` (or stop after
@@ -444,6 +569,8 @@ class Trainer:
                        "expert_usage": usage.histogram(self.model, self.dist, self.device)}
             summaries.append(summary)
             self._log(summary)
+            if self.dist.is_main:
+                log.info(self.epoch_line(summary))
             if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
                 self.save()
             if self.epoch == cfg.epochs:

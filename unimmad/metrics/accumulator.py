@@ -10,7 +10,8 @@ from .functional import (_is_int, _real_dtype, as_numpy, ap_split, auroc_split, 
                          check_masks, check_scores, f1max_split, region_weights, resolve_aupro)
 from .pixel import PIXEL_KEYS, ExactPixelStore, PixelHistogram
 
-__all__ = ["MetricAccumulator", "compute", "IMAGE_KEYS", "PIXEL_KEYS", "DEFAULT_PIXEL_BINS"]
+__all__ = ["MetricAccumulator", "ThresholdAccumulator", "compute", "IMAGE_KEYS", "PIXEL_KEYS",
+           "DEFAULT_PIXEL_BINS"]
 
 IMAGE_KEYS = ("image_AUROC", "image_AP", "image_F1max")
 DEFAULT_PIXEL_BINS = 2 ** 14
@@ -128,11 +129,64 @@ class MetricAccumulator:
                                            self.num_thresholds))
         return out
 
+    def thresholds(self) -> Dict[str, Optional[Dict]]:
+        """Decision thresholds and normalisation of this group
+        (:mod:`unimmad.metrics.thresholds`): ``{"image": record, "pixel": record}``; a level
+        is ``None`` where it cannot be set (no normal image; no maps)."""
+        from .thresholds import image_threshold, threshold_record
+        if not self._scores or self.num_images == 0:
+            raise ValueError("MetricAccumulator.thresholds() called before any update()")
+        s = np.concatenate(self._scores)
+        y = np.concatenate(self._labels)
+        out: Dict[str, Optional[Dict]] = {"image": None, "pixel": None}
+        if (~y).any():
+            out["image"] = image_threshold(s, y)
+        if self._has_maps and self._store.num_neg > 0:
+            out["pixel"] = threshold_record(**self._store.threshold_stats())
+        return out
+
     def error_bounds(self) -> Dict[str, float]:
         """Upper bounds of the binning error of each pixel metric (0 in exact mode)."""
         if not self._has_maps:
             return {}
         return self._store.error_bounds(self.aupro, self.integration_limit, self.num_thresholds)
+
+
+class ThresholdAccumulator:
+    """Image scores and pixel scores of any number of batches, for thresholds only
+    (:meth:`thresholds`, as :meth:`MetricAccumulator.thresholds`) — no region labelling,
+    no metrics.  ``pixel_bins`` as :class:`MetricAccumulator` (``None``: exact)."""
+
+    def __init__(self, pixel_bins: Optional[int] = DEFAULT_PIXEL_BINS):
+        if pixel_bins is not None and (not _is_int(pixel_bins) or pixel_bins < 2):
+            raise ValueError(f"pixel_bins must be None or an int >= 2, got {pixel_bins!r}")
+        self._scores: List[np.ndarray] = []
+        self._labels: List[np.ndarray] = []
+        self._store = ExactPixelStore() if pixel_bins is None else PixelHistogram(pixel_bins)
+        self._has_maps = False
+
+    @property
+    def num_images(self) -> int:
+        return int(sum(s.size for s in self._scores))
+
+    def update(self, pred_scores, labels, anomaly_maps=None, masks=None) -> None:
+        """Add a batch (as :meth:`MetricAccumulator.update`)."""
+        s = check_scores(pred_scores, "pred_scores")
+        y = check_labels(labels, "labels")
+        if s.shape != y.shape:
+            raise ValueError(f"{s.size} pred_scores but {y.size} labels")
+        if anomaly_maps is not None or masks is not None:
+            if anomaly_maps is None or masks is None:
+                raise ValueError("anomaly_maps and masks must be given together")
+            maps, gts = _maps_and_masks(anomaly_maps, masks, s.size)
+            for m, g in zip(maps, gts):
+                pos = m[g]
+                self._store.add(m[~g], pos, np.zeros(pos.size), 0)
+            self._has_maps = True
+        self._scores.append(s)
+        self._labels.append(y)
+
+    thresholds = MetricAccumulator.thresholds
 
 
 def compute(pred_scores, labels, anomaly_maps=None, masks=None, aupro: str = "exact", *,

@@ -60,6 +60,7 @@ import numpy as np
 
 from .functional import (_is_int, _nan_warn, ap_split, auroc_split, aupro_split, f1max_split,
                          resolve_aupro, threshold_positions, trapezoid)
+from .thresholds import _between, _f1_from_sorted
 
 __all__ = ["ExactPixelStore", "PixelHistogram", "PIXEL_KEYS"]
 
@@ -118,6 +119,20 @@ class ExactPixelStore:
         """Exact store: every bound is 0."""
         resolve_aupro(aupro, integration_limit, num_thresholds)
         return {k: 0.0 for k in PIXEL_KEYS}
+
+    def threshold_stats(self) -> Dict[str, object]:
+        """What :func:`unimmad.metrics.thresholds.threshold_record` needs: the exact
+        F1-optimal pixel threshold and the normal pixels' min, max and std."""
+        neg = np.sort(np.concatenate(self._neg)).astype(np.float64) if self._neg else np.zeros(0)
+        pos = np.sort(np.concatenate(self._pos)).astype(np.float64) if self._pos else np.zeros(0)
+        if neg.size == 0:
+            raise ValueError("pixel thresholds need normal pixels")
+        t, f1 = _f1_from_sorted(neg, pos)
+        return {"f1_threshold": t, "f1": f1, "min_normal": float(neg[0]),
+                "max_normal": float(neg[-1]), "std_normal": float(neg.std()),
+                "low": float(min(neg[0], pos[0] if pos.size else np.inf)),
+                "high": float(max(neg[-1], pos[-1] if pos.size else -np.inf)),
+                "num_normal": int(neg.size), "num_anomalous": int(pos.size)}
 
 
 def _reduce(keys: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, neg: np.ndarray,
@@ -361,6 +376,52 @@ class PixelHistogram:
         value = trapezoid(x, np.concatenate((pro[::-1], [1.0])), limit) / limit
         err = trapezoid(x, np.concatenate((bound[::-1], [0.0])), limit) / limit
         return value, float(abs(err))
+
+    def _part_values(self):
+        """Per non-empty part (ascending, as :meth:`_parts`): the lowest and highest score
+        it can hold (a middle part's bounds are exclusive) and a representative value."""
+        occ = self._occupied()
+        lo, hi = self.vmin[occ], self.vmax[occ]
+        low = np.stack((lo, lo, hi), 1).ravel()
+        high = np.stack((lo, hi, hi), 1).ravel()
+        rep = np.stack((lo, 0.5 * (lo + hi), hi), 1).ravel()
+        neg = self.neg[:, occ].T.ravel()
+        pos = self.pos[:, occ].T.ravel()
+        keep = (neg > 0) | (pos > 0)
+        return low[keep], high[keep], rep[keep]
+
+    def threshold_stats(self) -> Dict[str, object]:
+        """What :func:`unimmad.metrics.thresholds.threshold_record` needs, from the
+        histogram: the F1-optimal threshold over the part edges (the real thresholds the
+        binned F1-max is computed at: its F1 is the binned F1-max) and the normal pixels'
+        min, max (bounds of their parts) and std (parts at their representative value)."""
+        neg, pos, _, tied = self._parts()
+        low, high, rep = self._part_values()
+        if neg.sum() == 0:
+            raise ValueError("pixel thresholds need normal pixels")
+        has_neg = np.flatnonzero(neg > 0)
+        mean = float(np.sum(neg * rep) / neg.sum())
+        std = float(np.sqrt(max(np.sum(neg * (rep - mean) ** 2) / neg.sum(), 0.0)))
+        out = {"f1_threshold": None, "f1": None, "min_normal": float(low[has_neg[0]]),
+               "max_normal": float(high[has_neg[-1]]), "std_normal": std,
+               "low": float(low[0]), "high": float(high[-1]),
+               "num_normal": int(neg.sum()), "num_anomalous": int(pos.sum())}
+        P = float(pos.sum())
+        if P > 0:
+            d = slice(None, None, -1)                                   # descending parts
+            TP, FP = np.cumsum(pos[d]), np.cumsum(neg[d])
+            f1 = 2.0 * TP / (TP + FP + P)
+            b = int(np.argmax(f1))
+            i = neg.size - 1 - b                                        # ascending index
+            if i == 0:                                                  # flags every pixel
+                t = float(low[0]) - max(abs(float(low[0])) * 0.01, 1e-12)
+            elif not tied[i]:                                           # above its bin's min
+                t = float(np.nextafter(low[i], np.inf))
+            else:
+                t = _between(float(high[i - 1]), float(low[i])) if high[i - 1] < low[i] \
+                    else float(low[i])
+            out["f1_threshold"], out["f1"] = t, float(f1[b])
+        return out
 
     def metrics(self, aupro: str = "exact", integration_limit: float = 0.3,
                 num_thresholds: Optional[int] = None) -> Dict[str, float]:

@@ -85,6 +85,8 @@ class MetricsReport:
         meta: estimator names and settings (``aupro``, ``integration_limit``,
             ``num_thresholds``, ``pixel_estimator``, ``image_score``).
         binning_error: per class, upper bounds of the pixel metrics' binning error.
+        thresholds: decision thresholds and normalisation when the evaluation computed
+            them (:func:`unimmad.engine.evaluate`; not part of :meth:`to_dict`).
     """
 
     per_class: List[Dict] = field(default_factory=list)
@@ -93,6 +95,7 @@ class MetricsReport:
     mean_of_datasets: Dict[str, float] = field(default_factory=dict)
     meta: Dict[str, object] = field(default_factory=dict)
     binning_error: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    thresholds: Optional[Dict] = None
 
     @classmethod
     def from_results(cls, results: Dict[Tuple[str, str], Dict[str, float]],
@@ -278,6 +281,12 @@ class Evaluator:
                 acc = self.groups[key] = MetricAccumulator(**self.kwargs)
             acc.update(s[idx], y[idx], None if maps is None else maps[idx],
                        None if gts is None else gts[idx])
+
+    def thresholds(self) -> Dict[str, Dict[str, Optional[Dict]]]:
+        """``{class name: {"image": record, "pixel": record}}`` — each class's decision
+        thresholds and normalisation (:meth:`MetricAccumulator.thresholds`); class names
+        are the readers' ``<class>_<dataset>``."""
+        return {cls_name: acc.thresholds() for (_, cls_name), acc in sorted(self.groups.items())}
 
     def compute(self, progress: Optional[bool] = None) -> MetricsReport:
         """Metrics per class, per dataset and overall (see :class:`MetricsReport`)."""

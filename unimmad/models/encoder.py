@@ -2,7 +2,7 @@
 Feature Compression Module (FCM) with its reverse-distillation style decoder (SPEC §1)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,19 @@ class InputEmbedding(nn.Module):
     between) plus a 1×1 shortcut (12→3); the two are summed.  Every conv carries a bias
     (SPEC §1, as in the authors' release: its checkpoints hold them).  ``stem`` is one flat
     ``Sequential`` (conv, BN, ReLU, conv, BN, ReLU, conv).
+
+    ``autocast`` (``None``, ``"bfloat16"`` or ``"float16"``): run this module under
+    ``torch.autocast`` at that dtype and cast its output back to the input's dtype — what
+    accelerate's ``mixed_precision="bf16"`` did to this module in the authors' runs
+    (``UniMMADConfig.embedding_autocast``).
     """
 
-    def __init__(self, in_channels: int, image_size: int, std: float = 0.02):
+    def __init__(self, in_channels: int, image_size: int, std: float = 0.02,
+                 autocast: Optional[str] = None):
         super().__init__()
+        if autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}")
+        self.autocast = autocast
         self.embedding = nn.Parameter(torch.randn(in_channels, image_size, image_size) * std)
         c = in_channels
         self.stem = nn.Sequential(
@@ -33,6 +42,13 @@ class InputEmbedding(nn.Module):
         self.shortcut = nn.Conv2d(c, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast is None:
+            return self._embed(x)
+        with torch.autocast(x.device.type, dtype=getattr(torch, self.autocast)):
+            y = self._embed(x)
+        return y.to(x.dtype)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.embedding
         return self.stem(x) + self.shortcut(x)
 

@@ -70,7 +70,8 @@ class UniMMAD(nn.Module):
         self.config = cfg
         prior_trunk, encoder_trunk = build_trunks(cfg)
         self.prior_generator = PriorGenerator(prior_trunk)
-        self.embedding = InputEmbedding(cfg.input_channels, cfg.image_size, cfg.input_embedding_std)
+        self.embedding = InputEmbedding(cfg.input_channels, cfg.image_size, cfg.input_embedding_std,
+                                        cfg.embedding_autocast)
         self.encoder = encoder_trunk
         self.fcm = FeatureCompression(cfg.level_channels, cfg.fcm_width, cfg.fcm_kernel_sizes,
                                       cfg.backbone_layers)

@@ -1,0 +1,300 @@
+"""Decisions a user gets out: thresholds (F1-optimal, or the normal-only rule when the
+evaluation data holds no anomaly), normalised scores, ``predict`` on files / folders /
+globs writing labels, masks and maps, and pictures on one colour scale per class."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from unimmad import UniMMAD, UniMMADConfig
+from unimmad.cli import main
+from unimmad.engine import evaluate, expand_items, predict_files, save_weights
+from unimmad.engine.demo import demo_datasets, make_demo_data
+from unimmad.metrics import MetricAccumulator
+from unimmad.metrics.thresholds import (check_record, image_threshold, is_anomalous,
+                                        normalize, threshold_record)
+
+
+# ----------------------------------------------------------------------------- references
+def _f1_at(t, neg, pos):
+    """F1 of the decision ``score >= t`` (written out, float64)."""
+    tp = float(np.sum(pos >= t))
+    fp = float(np.sum(neg >= t))
+    fn = float(pos.size) - tp
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _brute_force_f1(neg, pos):
+    """(best F1, the highest threshold that reaches it) over every cut between two
+    distinct sorted scores — an independent search over all decisions."""
+    vals = np.unique(np.concatenate([neg, pos]))
+    cuts = np.concatenate([[vals[0] - 1.0], (vals[:-1] + vals[1:]) / 2, [vals[-1] + 1.0]])
+    f1 = np.array([_f1_at(t, neg, pos) for t in cuts])
+    best = f1.max()
+    return best, cuts[np.flatnonzero(np.isclose(f1, best, rtol=0, atol=1e-12))].max()
+
+
+# ----------------------------------------------------------------------------- rules
+@pytest.mark.parametrize("seed", range(6))
+def test_f1_optimal_threshold_matches_a_brute_force_search(seed):
+    rng = np.random.default_rng(seed)
+    neg = rng.normal(0.3, 0.05, 40).round(3)          # rounding: ties among scores
+    pos = rng.normal(0.38, 0.06, 15).round(3)
+    rec = image_threshold(np.concatenate([neg, pos]), np.r_[np.zeros(40), np.ones(15)])
+    best, t_ref = _brute_force_f1(neg, pos)
+    assert rec["rule"] == "f1_optimal"
+    assert rec["f1"] == pytest.approx(best, abs=1e-12)
+    assert _f1_at(rec["threshold"], neg, pos) == pytest.approx(best, abs=1e-12)
+    # the same decisions as the highest optimal cut (halfway between two scores)
+    allv = np.concatenate([neg, pos])
+    assert np.array_equal(allv >= rec["threshold"], allv >= t_ref)
+    assert rec["threshold"] == pytest.approx(t_ref, abs=1e-12)
+    assert not np.any(allv == rec["threshold"])
+    assert rec["num_normal"] == 40 and rec["num_anomalous"] == 15
+
+
+def test_normal_only_rule_without_anomalies_flags_no_normal_image():
+    rng = np.random.default_rng(1)
+    s = rng.normal(0.2, 0.03, 50)
+    rec = image_threshold(s, np.zeros(50))
+    assert rec["rule"] == "normal_only" and rec["f1"] is None
+    assert rec["threshold"] == pytest.approx(s.max() + s.std(), rel=1e-12)
+    assert not is_anomalous(s, rec).any()
+    assert "no anomaly" in rec["note"]
+    # a constant normal score still gets a threshold above it
+    rec = image_threshold(np.full(5, 0.4), np.zeros(5))
+    assert rec["threshold"] > 0.4 and not is_anomalous(0.4, rec)
+
+
+def test_optimum_that_flags_every_normal_image_falls_back_to_the_normal_only_rule():
+    # anomalies scored below the normal images: the F1 optimum flags everything
+    neg, pos = np.array([0.5, 0.6, 0.7]), np.array([0.1, 0.2])
+    rec = image_threshold(np.r_[neg, pos], np.r_[0, 0, 0, 1, 1])
+    assert rec["rule"] == "normal_only"
+    assert "flagged every normal" in rec["note"]
+    assert not is_anomalous(neg, rec).any()
+
+
+def test_threshold_needs_normal_images():
+    with pytest.raises(ValueError, match="normal"):
+        image_threshold([0.3, 0.4], [1, 1])
+
+
+@pytest.mark.parametrize("bins", [None, 4096])
+def test_pixel_threshold_exact_and_binned(bins):
+    rng = np.random.default_rng(3)
+    maps = rng.normal(0.2, 0.04, (6, 16, 16))
+    masks = np.zeros_like(maps, bool)
+    masks[3:, 4:9, 4:9] = True
+    maps[masks] += rng.normal(0.12, 0.04, masks.sum())
+    acc = MetricAccumulator(pixel_bins=bins)
+    acc.update(maps.max(axis=(1, 2)), [0, 0, 0, 1, 1, 1], maps, masks)
+    rec = acc.thresholds()["pixel"]
+    neg, pos = maps[~masks], maps[masks]
+    best, _ = _brute_force_f1(neg, pos)
+    assert rec["rule"] == "f1_optimal" and rec["num_anomalous"] == pos.size
+    if bins is None:
+        assert rec["f1"] == pytest.approx(best, abs=1e-12)
+        assert _f1_at(rec["threshold"], neg, pos) == pytest.approx(best, abs=1e-12)
+    else:  # binned: the decision at the stored threshold is as good as claimed, near best
+        assert _f1_at(rec["threshold"], neg, pos) == pytest.approx(rec["f1"], abs=2e-3)
+        assert rec["f1"] >= best - 5e-3
+    # only normal pixels (no defect in the data): the normal-only rule, nothing flagged
+    acc = MetricAccumulator(pixel_bins=bins)
+    acc.update(maps[:3].max(axis=(1, 2)), [0, 0, 0], maps[:3], np.zeros((3, 16, 16), bool))
+    rec = acc.thresholds()["pixel"]
+    assert rec["rule"] == "normal_only"
+    assert not is_anomalous(maps[:3], rec).any()
+
+
+# ----------------------------------------------------------------------------- normalisation
+def test_normalisation_puts_the_threshold_at_one_half():
+    rec = {"threshold": 0.3, "low": 0.1, "high": 0.9}
+    assert normalize(0.3, rec) == pytest.approx(0.5, abs=1e-15)
+    assert normalize(0.1, rec) == 0.0 and normalize(0.9, rec) == 1.0
+    assert normalize(-5.0, rec) == 0.0 and normalize(5.0, rec) == 1.0     # clipped
+    assert normalize(0.2, rec) == pytest.approx(0.25)                      # linear below
+    assert normalize(0.6, rec) == pytest.approx(0.75)                      # and above
+    x = np.random.default_rng(0).uniform(-0.2, 1.2, 1000)
+    n = normalize(x, rec)
+    assert np.all(np.diff(n[np.argsort(x)]) >= 0)                          # monotone
+    assert np.array_equal(n >= 0.5, x >= 0.3)                              # same decision
+    assert np.array_equal(n >= 0.5, is_anomalous(x, rec))
+
+
+def test_normal_only_record_has_room_above_the_threshold():
+    rec = threshold_record(f1_threshold=None, f1=None, min_normal=0.1, max_normal=0.2,
+                           std_normal=0.05, low=0.1, high=0.2, num_normal=4, num_anomalous=0)
+    assert rec["low"] < rec["threshold"] < rec["high"]
+    assert normalize(0.2, rec) < 0.5 and normalize(rec["threshold"], rec) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bad", [None, {"low": 0, "threshold": 1}, {"low": 0, "threshold": 2,
+                                 "high": 1}, {"low": 0, "threshold": float("nan"), "high": 1},
+                                 {"low": 0, "threshold": True, "high": 2}])
+def test_bad_records_are_refused(bad):
+    with pytest.raises(ValueError, match="record"):
+        check_record(bad, "record")
+
+
+# ----------------------------------------------------------------------------- predict
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Demo data, a fresh tiny model (seeded) and the thresholds ``evaluate`` gives it."""
+    root = tmp_path_factory.mktemp("dec")
+    paths = make_demo_data(str(root / "data"), size=64, train_per_class=2, test_good=3,
+                           test_bad=2)
+    cfg = UniMMADConfig.tiny()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = UniMMAD(cfg).eval()
+    report = evaluate(model, demo_datasets(paths, "test", cfg), str(root / "eval"),
+                      overlays=1, progress=False)
+    ckpt = save_weights(model, str(root / "weights"), {"thresholds": report.thresholds})
+    return {"paths": paths, "model": model, "report": report, "ckpt": ckpt, "root": root}
+
+
+def test_evaluate_stores_thresholds_per_class_and_overall(small):
+    th = small["report"].thresholds
+    assert th["format"] == "unimmad-thresholds"
+    assert set(th["classes"]) == {"plate_demo3d", "tile_demo3d", "scan_demoscan"}
+    for c, rec in th["classes"].items():   # every class's test data holds anomalies
+        assert rec["image"]["rule"] in ("f1_optimal", "normal_only")
+        assert rec["image"]["num_normal"] == 3 and rec["image"]["num_anomalous"] == 2
+        check_record(rec["image"]), check_record(rec["pixel"])
+    on_disk = json.load(open(small["root"] / "eval" / "thresholds.json"))
+    assert on_disk == json.loads(json.dumps(th))
+
+
+def test_evaluate_on_normal_data_only_uses_the_normal_only_rule(small, tmp_path):
+    ds = demo_datasets(small["paths"], "test", small["model"].config)
+    good = [i for i in range(len(ds)) if int(ds[i]["label"]) == 0]
+    sub = torch.utils.data.Subset(ds, good)
+    report = evaluate(small["model"], sub, None, progress=False)
+    for rec in report.thresholds["classes"].values():
+        assert rec["image"]["rule"] == "normal_only" and rec["pixel"]["rule"] == "normal_only"
+    with torch.no_grad():
+        scores = [float(small["model"](ds[i]["images"][None],
+                                       torch.tensor([ds[i]["num_modalities"]])).pred_score)
+                  for i in good[:3]]
+    rec = report.thresholds["overall"]["image"]
+    assert not any(is_anomalous(s, rec) for s in scores)
+
+
+def _rows(out):
+    with open(os.path.join(out, "scores.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_folder_and_glob_write_labels_masks_and_maps(small, tmp_path):
+    scan = os.path.join(small["paths"]["scan"], "test")
+    out = str(tmp_path / "pred")
+    argv = ["predict", "--checkpoint", small["ckpt"], "--out", out, "--device", "cpu",
+            "--quiet", os.path.join(scan, "good", "img"),             # a folder: 3 items
+            os.path.join(scan, "Ungood", "img", "*.png")]             # a glob: 2 items
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert len(rows) == 5
+    th = small["report"].thresholds["overall"]
+    from PIL import Image
+    for r in rows:
+        score = float(r["score"])
+        assert r["label"] == ("anomalous" if score >= th["image"]["threshold"] else "normal")
+        assert float(r["score_normalised"]) == pytest.approx(normalize(score, th["image"]),
+                                                             abs=1e-6)
+        amap = np.load(os.path.join(out, r["map"]))
+        assert amap.shape == (64, 64) and amap.dtype == np.float32
+        mask = np.asarray(Image.open(os.path.join(out, r["mask"])))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        assert np.array_equal(mask == 255, amap >= th["pixel"]["threshold"])  # same size
+        assert os.path.isfile(os.path.join(out, r["overlay"]))
+        assert r["label"] in os.path.basename(r["overlay"])
+    # the folder's files, then the glob's, in order
+    assert [os.path.basename(r["files"]) for r in rows] == ["000.png", "001.png", "002.png",
+                                                            "000.png", "001.png"]
+
+
+def test_predict_pairs_folders_by_name_and_uses_class_thresholds(small, tmp_path):
+    d = os.path.join(small["paths"]["mvtec3d"], "plate", "test", "good")
+    items = expand_items([f"{d}/rgb,{d}/xyz"])
+    assert [[os.path.relpath(p, d) for p in it] for it in items] == \
+        [[f"rgb/{i:03d}.png", f"xyz/{i:03d}.tiff"] for i in range(3)]
+    th = small["report"].thresholds
+    rows = predict_files(small["model"], items, str(tmp_path / "p"), thresholds=th,
+                         class_name="plate_demo3d", progress=False, overlays=False)
+    rec = th["classes"]["plate_demo3d"]["image"]
+    assert all(r["threshold_group"] == "plate_demo3d" for r in rows)
+    assert all(r["label"] == ("anomalous" if r["score"] >= rec["threshold"] else "normal")
+               for r in rows)
+    with pytest.raises(ValueError, match="no thresholds for class 'nope'"):
+        predict_files(small["model"], items, str(tmp_path / "q"), thresholds=th,
+                      class_name="nope", progress=False)
+
+
+def test_expand_items_errors_name_the_input(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for name in ("1.png", "2.png"):
+        (tmp_path / "a" / name).write_bytes(b"")
+    (tmp_path / "b" / "1.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="unpaired: 2"):
+        expand_items([f"{tmp_path}/a,{tmp_path}/b"])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_items([f"{tmp_path}/*.jpg"])
+    with pytest.raises(FileNotFoundError, match="not a file, a folder or a glob"):
+        expand_items([f"{tmp_path}/missing.png"])
+    with pytest.raises(ValueError, match="mixes single files"):
+        expand_items([f"{tmp_path}/a/1.png,{tmp_path}/b"])
+
+
+def test_predict_without_thresholds_says_so_and_writes_no_labels(small, tmp_path):
+    img = os.path.join(small["paths"]["scan"], "test", "good", "img", "000.png")
+    with pytest.warns(UserWarning, match="no thresholds stored"):
+        rows = predict_files(small["model"], [[img]], str(tmp_path / "p"), progress=False)
+    assert rows[0]["label"] == "" and rows[0]["mask"] == ""
+    assert os.path.isfile(tmp_path / "p" / rows[0]["overlay"])
+
+
+# ----------------------------------------------------------------------------- pictures
+def test_colour_scale_is_the_class_scale_not_the_picture_range():
+    from unimmad.engine.visualize import colour_scale
+    rec = {"threshold": 0.3, "low": 0.1, "high": 0.9}
+    cold = np.full((4, 4), 0.12)
+    cold[0, 0] = 0.15                         # its own maximum: red under per-image scaling
+    hot = np.full((4, 4), 0.8)
+    for amap in (cold, hot):
+        shown, vmin, vmax = colour_scale(amap, rec)
+        assert (vmin, vmax) == (0.0, 1.0)
+        np.testing.assert_allclose(shown, normalize(amap, rec))
+    assert colour_scale(cold, rec)[0].max() < 0.2 < 0.7 < colour_scale(hot, rec)[0].min()
+    shown, vmin, vmax = colour_scale(cold, None, (0.0, 1.0))
+    assert (vmin, vmax) == (0.0, 1.0) and np.array_equal(shown, cold)
+    with pytest.raises(ValueError, match="pixel_record or a fixed scale"):
+        colour_scale(cold)
+
+
+def test_every_overlay_of_a_class_uses_that_class_scale(small, tmp_path, monkeypatch):
+    import importlib
+    E = importlib.import_module("unimmad.engine.evaluate")  # the module, not the function
+    calls = []
+    monkeypatch.setattr(E, "save_overlay", lambda path, mods, amap, **kw: calls.append(
+        (path, mods, kw)))
+    report = evaluate(small["model"], demo_datasets(small["paths"], "test",
+                                                    small["model"].config),
+                      str(tmp_path / "ev"), overlays=2, progress=False)
+    assert len(calls) == 3 * 4
+    for path, mods, kw in calls:
+        cls = os.path.basename(os.path.dirname(path))
+        assert kw["pixel_record"] == report.thresholds["classes"][cls]["pixel"]
+        # every modality of the item, named; prediction in the title and the file name
+        assert [n for n, _ in mods] == (["rgb", "depth"] if cls != "scan_demoscan" else ["ct"])
+        label = "ANOMALOUS" if "_anomalous_" in os.path.basename(path) else "NORMAL"
+        assert kw["prediction"].startswith(f"predicted {label}")
+        truth = "defect" if kw["gt_label"] else "good"
+        right = (label == "ANOMALOUS") == bool(kw["gt_label"])
+        assert kw["prediction"].endswith(f"ground truth {truth}: " + (
+            "correct" if right else "missed" if kw["gt_label"] else "false alarm"))
+        assert os.path.basename(path).startswith(("highest", "lowest"))
