@@ -36,19 +36,29 @@ def _pytest_benchmark(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
     meta = env or {"commit": data.get("commit_info", {}).get("id"),
                    "date": data.get("datetime"),
                    "device_name": data.get("machine_info", {}).get("cpu", {}).get("brand_raw")}
+    def median_s(b):
+        # benchmarks timed inside an isolated process report the model's own latency
+        ms = b.get("extra_info", {}).get("latency_median_ms")
+        return ms / 1e3 if ms is not None else b["stats"]["median"]
+
     # Speedup of each provider over the reference in the same group (same run).
-    ref = {b["group"]: b["stats"]["median"] for b in benches
+    ref = {b["group"]: median_s(b) for b in benches
            if b.get("extra_info", {}).get("provider") == "reference"}
-    rows.append("| group | provider | median ms | IQR ms | rounds | vs reference | peak MB |")
-    rows.append("|---|---|---|---|---|---|---|")
+    memory = any("cache_mb" in b.get("extra_info", {}) for b in benches)
+    head = "| group | provider | median ms | IQR ms | rounds | vs reference | peak MB |"
+    rows.append(head + (" cache MB |" if memory else ""))
+    rows.append("|---|---|---|---|---|---|---|" + ("---|" if memory else ""))
     for b in sorted(benches, key=lambda b: (b["group"] or "", b["extra_info"].get("provider", ""))):
         st, ex = b["stats"], b.get("extra_info", {})
         r = ref.get(b["group"])
-        speed = f"{r / st['median']:.2f}×" if r else "—"
+        speed = f"{r / median_s(b):.2f}×" if r else "—"
         peak = ex.get("peak_memory_mb")
-        rows.append(f"| {b['group']} | {ex.get('provider', b['name'])} | {st['median'] * 1e3:.1f} | "
-                    f"{st['iqr'] * 1e3:.1f} | {st['rounds']} | {speed} | "
-                    f"{'—' if peak is None else f'{peak:.0f}'} |")
+        iqr = "—" if ex.get("latency_median_ms") is not None else f"{st['iqr'] * 1e3:.1f}"
+        cache = ex.get("cache_mb")
+        rows.append(f"| {b['group']} | {ex.get('provider', b['name'])} | {median_s(b) * 1e3:.1f} | "
+                    f"{iqr} | {st['rounds']} | {speed} | "
+                    f"{'—' if peak is None else f'{peak:.0f}'} |"
+                    + (f" {'—' if cache is None else f'{cache:.0f}'} |" if memory else ""))
         if ex.get("samples_per_s") and ex.get("batch"):
             points.append((f"{ex.get('device', '?')} {ex['provider']}", ex["batch"],
                            ex["samples_per_s"]))
@@ -56,19 +66,27 @@ def _pytest_benchmark(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
 
 
 def _unimmad_bench(data: Dict) -> Tuple[str, List[str], List[Tuple]]:
-    rows = ["| section | provider | level | B | units | dtype | median ms | samples/s | "
-            "peak MB | rel. err | status | speedup |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| section | provider | cache | level | B | M | units | dtype | median ms | samples/s | "
+            "peak MB | ref. peak MB | cache MB | rel. err | status | speedup | CPU-time speedup "
+            "| load (1 min) |", "|" + "---|" * 18]
     points = []
     dev = data["meta"].get("device", "?")
     for r in data["results"]:
         f = lambda k, fmt: "—" if r.get(k) is None else fmt.format(r[k])
-        rows.append(f"| {r['section']} | {r['provider']} | {f('level', '{}')} | {f('batch', '{}')} | "
+        rows.append(f"| {r['section']} | {r['provider']} | {f('cache', '{}')} | {f('level', '{}')} | "
+                    f"{f('batch', '{}')} | {f('modalities', '{}')} | "
                     f"{f('units', '{}')} | {f('dtype', '{}')} | {f('latency_median_ms', '{:.1f}')} | "
                     f"{f('samples_per_s', '{:.3f}')} | {f('peak_memory_mb', '{:.0f}')} | "
-                    f"{f('parity_rel_err', '{:.1e}')} | {f('status', '{}')} | {f('speedup', '{:.2f}×')} |")
+                    f"{f('ref_peak_memory_mb', '{:.0f}')} | {f('cache_mb', '{:.0f}')} | "
+                    f"{f('parity_rel_err', '{:.1e}')} | {f('status', '{}')} | {f('speedup', '{:.2f}×')} | "
+                    f"{f('speedup_cpu', '{:.2f}×')} | {f('load_1m', '{}')} |")
         if r["section"] == "model" and r.get("samples_per_s"):
-            points.append((f"{dev} {r['provider']}", r["batch"], r["samples_per_s"]))
-    return _meta_line(data["meta"]), rows, points
+            tag = r["provider"] + (f"[{r['cache']}]" if r.get("cache") else "")
+            points.append((f"{dev} {tag}", r["batch"], r["samples_per_s"]))
+    head = _meta_line(data["meta"])
+    if data.get("complete") is False:
+        head += " (run stopped before its end: the rows it measured)"
+    return head, rows, points
 
 
 def _gpu_rows(data: Dict) -> Tuple[str, List[str], List[Tuple]]:

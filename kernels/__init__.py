@@ -4,7 +4,8 @@ first: the core never imports this package).
 
 * :class:`FastCMoE` — drop-in :class:`unimmad.CMoE` (collapse + fold algebra, SPEC §2).
 * :func:`accelerate` — swap a model's C-MoEs (and a UniMMAD's map, score and loss
-  functions) in place (also ``unimmad.accelerate``).
+  functions) in place (also ``unimmad.accelerate``), with a memory policy for the folded
+  kernels (:mod:`kernels.cmoe_cache`; :func:`cache_info` reports what the caches hold).
 * :func:`anomaly_map`, :func:`image_score`, :func:`decompression_loss` — the fused
   anomaly map (paper eq. 4), image score and L_Dec (eq. 3).
 * :mod:`kernels.cmoe_ops` (``dyn_conv``, ``compose``, ``mix``) and :mod:`kernels.amap_ops`
@@ -22,11 +23,11 @@ CPU interpreter; ``UNIMMAD_AUTOTUNE=0`` pins one kernel configuration.
 """
 import unimmad  # noqa: F401  (the core first; it re-exports accelerate from here)
 
-from . import amap_ops, backend, cmoe_ops
-from .accelerate import accelerate
+from . import amap_ops, backend, cmoe_cache, cmoe_ops
+from .accelerate import accelerate, cache_info
 from .amap import anomaly_map, decompression_loss, image_score
 from .backend import BACKENDS
 from .cmoe import FastCMoE
 
-__all__ = ["FastCMoE", "accelerate", "anomaly_map", "decompression_loss", "image_score",
-           "cmoe_ops", "amap_ops", "backend", "BACKENDS"]
+__all__ = ["FastCMoE", "accelerate", "cache_info", "anomaly_map", "decompression_loss",
+           "image_score", "cmoe_ops", "cmoe_cache", "amap_ops", "backend", "BACKENDS"]

@@ -6,7 +6,9 @@ terms and backward coefficients, differentiable) and ``unimmad::focal_cosine_gra
 the resolved backend name as an argument; each op body is one lookup into :data:`IMPLS` —
 :mod:`kernels.amap_torch` or :mod:`kernels.amap_triton`, which have the same function
 signatures.  Fake implementations let ``torch.compile`` trace through them.  Inputs are
-validated by the public functions of :mod:`kernels.amap`.
+validated by the public functions of :mod:`kernels.amap`.  The public functions here go
+through the custom ops only where needed (:func:`kernels.backend.needs_custom_op`) and
+call the implementation directly otherwise.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import Tensor
 from unimmad.scoring import compute_dtype
 
 from . import amap_torch, amap_triton
+from .backend import needs_custom_op
 
 __all__ = ["IMPLS", "anomaly_map", "image_score", "focal_cosine"]
 
@@ -27,17 +30,33 @@ IMPLS = {"torch": amap_torch, "triton": amap_triton}
 
 
 # ----------------------------------------------------------------------------- map
-@torch.library.custom_op("unimmad::anomaly_map", mutates_args=())
-def anomaly_map(priors: List[Tensor], predictions: List[Tensor], unit_to_sample: Tensor,
-                num_samples: int, height: int, width: int, mode: str, sigma: float,
-                kernel_size: int, backend: str) -> Tensor:
-    """The blurred map ``[B, H, W]`` (float32; float64 for float64 inputs)."""
+def _anomaly_map_body(priors, predictions, unit_to_sample, num_samples, height, width, mode,
+                      sigma, kernel_size, backend):
     out = IMPLS[backend].anomaly_map(priors, predictions, unit_to_sample, num_samples,
                                      (height, width), mode, sigma, kernel_size)
     return out.to(compute_dtype(*priors, *predictions))
 
 
-@anomaly_map.register_fake
+@torch.library.custom_op("unimmad::anomaly_map", mutates_args=())
+def _anomaly_map(priors: List[Tensor], predictions: List[Tensor], unit_to_sample: Tensor,
+                 num_samples: int, height: int, width: int, mode: str, sigma: float,
+                 kernel_size: int, backend: str) -> Tensor:
+    return _anomaly_map_body(priors, predictions, unit_to_sample, num_samples, height, width,
+                             mode, sigma, kernel_size, backend)
+
+
+def anomaly_map(priors: List[Tensor], predictions: List[Tensor], unit_to_sample: Tensor,
+                num_samples: int, height: int, width: int, mode: str, sigma: float,
+                kernel_size: int, backend: str) -> Tensor:
+    """The blurred map ``[B, H, W]`` (float32; float64 for float64 inputs); through the
+    custom op only where needed (:func:`kernels.backend.needs_custom_op`)."""
+    args = (priors, predictions, unit_to_sample, num_samples, height, width, mode, sigma,
+            kernel_size, backend)
+    return (_anomaly_map if needs_custom_op(*priors, *predictions)
+            else _anomaly_map_body)(*args)
+
+
+@_anomaly_map.register_fake
 def _(priors, predictions, unit_to_sample, num_samples, height, width, mode, sigma,
       kernel_size, backend):
     dtype = compute_dtype(*priors, *predictions)
@@ -45,28 +64,48 @@ def _(priors, predictions, unit_to_sample, num_samples, height, width, mode, sig
 
 
 # ----------------------------------------------------------------------------- score
-@torch.library.custom_op("unimmad::image_score", mutates_args=())
-def image_score(anomaly_map: Tensor, k: int, backend: str) -> Tensor:
-    """Mean of the top ``k`` pixels of each map, in the map's dtype."""
+def _image_score_body(anomaly_map, k, backend):
     return IMPLS[backend].image_score(anomaly_map, k).to(anomaly_map.dtype)
 
 
-@image_score.register_fake
+@torch.library.custom_op("unimmad::image_score", mutates_args=())
+def _image_score(anomaly_map: Tensor, k: int, backend: str) -> Tensor:
+    return _image_score_body(anomaly_map, k, backend)
+
+
+def image_score(anomaly_map: Tensor, k: int, backend: str) -> Tensor:
+    """Mean of the top ``k`` pixels of each map, in the map's dtype (through the custom op
+    only where needed)."""
+    return (_image_score if needs_custom_op(anomaly_map) else _image_score_body)(
+        anomaly_map, k, backend)
+
+
+@_image_score.register_fake
 def _(anomaly_map, k, backend):
     return anomaly_map.new_empty((anomaly_map.shape[0],))
 
 
 # ----------------------------------------------------------------------------- loss
-@torch.library.custom_op("unimmad::focal_cosine", mutates_args=())
-def focal_cosine(u: Tensor, p: Tensor, gamma: float, backend: str) -> Tuple[Tensor, Tensor]:
-    """Per-unit ``mean_hw(sg(A)^γ·A)`` ``[U]`` and the backward coefficients ``[3, U, h, w]``
-    (see :func:`kernels.amap_torch.focal_cosine_forward`)."""
+def _focal_cosine_body(u, p, gamma, backend):
     m, coef = IMPLS[backend].focal_cosine_forward(u, p, gamma)
     dtype = compute_dtype(u, p)
     return m.to(dtype), coef.to(dtype)
 
 
-@focal_cosine.register_fake
+@torch.library.custom_op("unimmad::focal_cosine", mutates_args=())
+def _focal_cosine(u: Tensor, p: Tensor, gamma: float, backend: str) -> Tuple[Tensor, Tensor]:
+    return _focal_cosine_body(u, p, gamma, backend)
+
+
+def focal_cosine(u: Tensor, p: Tensor, gamma: float, backend: str) -> Tuple[Tensor, Tensor]:
+    """Per-unit ``mean_hw(sg(A)^γ·A)`` ``[U]`` and the backward coefficients ``[3, U, h, w]``
+    (see :func:`kernels.amap_torch.focal_cosine_forward`); differentiable through the
+    custom op, called directly where autograd does not record it."""
+    return (_focal_cosine if needs_custom_op(u, p) else _focal_cosine_body)(
+        u, p, gamma, backend)
+
+
+@_focal_cosine.register_fake
 def _(u, p, gamma, backend):
     dtype = compute_dtype(u, p)
     U, _, H, W = u.shape
@@ -101,4 +140,4 @@ def _focal_backward(ctx, grad_m, grad_coef):
     return du, dp, None, None
 
 
-focal_cosine.register_autograd(_focal_backward, setup_context=_focal_setup)
+_focal_cosine.register_autograd(_focal_backward, setup_context=_focal_setup)

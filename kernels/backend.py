@@ -41,8 +41,8 @@ except Exception:  # pragma: no cover - exercised only where triton is missing
     HAVE_TRITON = False
 
 __all__ = ["BACKENDS", "HAVE_TRITON", "INTERPRET", "AUTOTUNE", "TRITON_DTYPES", "check_name",
-           "resolve", "configs", "all_configs", "interpreted", "gpu_launch_params",
-           "forced_config", "default_precision", "output", "triton", "tl"]
+           "resolve", "needs_custom_op", "configs", "all_configs", "interpreted",
+           "gpu_launch_params", "forced_config", "default_precision", "output", "triton", "tl"]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 #: The floating dtypes the Triton kernels take (float64 runs on the torch path).
@@ -97,6 +97,19 @@ def resolve(backend: str, *tensors: torch.Tensor) -> str:
         if err is not None:
             raise err
     return backend
+
+
+def needs_custom_op(*tensors: torch.Tensor) -> bool:
+    """Whether a fused op must run through its ``torch.library`` custom op: while
+    compiling or ``torch.jit`` tracing (the op is one node of the graph, with a fake
+    kernel and a FLOP handle) or when autograd records it (a tensor requires grad with
+    grad mode on).  Otherwise the op's implementation is called directly, with the same
+    result: eager inference then never enters the custom-op machinery, whose first call
+    imports ``torch._dynamo`` (~75 MB of resident memory on a CPU)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 _GPU_PARAMS = [False]   # set inside gpu_launch_params()

@@ -7,7 +7,9 @@ the same function signatures.  Fake (meta) implementations let a model calling t
 compile under ``torch.compile`` without graph breaks.
 
 The public functions (:func:`dyn_conv`, :func:`compose`, :func:`mix`, :func:`to_bank`)
-take any backend name and resolve it with :func:`kernels.backend.resolve`.
+take any backend name and resolve it with :func:`kernels.backend.resolve`; they go through
+the custom ops only where needed (:func:`kernels.backend.needs_custom_op`: compiling,
+tracing, autograd) and call the implementation directly otherwise.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import cmoe_torch, cmoe_triton
-from .backend import default_precision, resolve
+from .backend import default_precision, needs_custom_op, resolve
 
 __all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank", "to_input_format"]
 
@@ -52,11 +54,18 @@ def _grad_format(x: Tensor) -> torch.memory_format:
 
 
 # ----------------------------------------------------------------------------- dyn_conv
+def _dyn_conv_body(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
+                   same_samples: bool, same_weights: bool, backend: str,
+                   precision: str) -> Tensor:
+    return IMPLS[backend].dyn_conv(x, weight, job_sample, job_weight, k, precision,
+                                   same_samples, same_weights)
+
+
 @torch.library.custom_op("unimmad::dyn_conv", mutates_args=())
 def _dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, k: int,
               same_samples: bool, same_weights: bool, backend: str, precision: str) -> Tensor:
-    return IMPLS[backend].dyn_conv(x, weight, job_sample, job_weight, k, precision,
-                                   same_samples, same_weights)
+    return _dyn_conv_body(x, weight, job_sample, job_weight, k, same_samples, same_weights,
+                          backend, precision)
 
 
 @_dyn_conv.register_fake
@@ -119,9 +128,11 @@ def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, 
     dot precision (default :func:`kernels.backend.default_precision`).  ``same_samples`` /
     ``same_weights`` promise the index is ``arange`` (lets the torch backend skip a gather).
     """
-    return _dyn_conv(x, weight, job_sample, job_weight, int(k), bool(same_samples),
-                     bool(same_weights), resolve(backend, x, weight),
-                     precision or default_precision())
+    args = (x, weight, job_sample, job_weight, int(k), bool(same_samples), bool(same_weights),
+            resolve(backend, x, weight), precision or default_precision())
+    if needs_custom_op(x, weight):
+        return _dyn_conv(*args)
+    return _dyn_conv_body(*args)
 
 
 # ----------------------------------------------------------------------------- compose
@@ -169,7 +180,10 @@ def compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor,
     base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders
     ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.  Differentiable in ``base``,
     ``leaders`` and ``scores``."""
-    return _compose(base, leaders, idx, scores, resolve(backend, base, leaders))
+    resolved = resolve(backend, base, leaders)
+    if needs_custom_op(base, leaders, scores):
+        return _compose(base, leaders, idx, scores, resolved)
+    return IMPLS[resolved].compose(base, leaders, idx, scores)
 
 
 # ----------------------------------------------------------------------------- mix
@@ -194,12 +208,15 @@ def _mix_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         d_g0 = grad.sum(0)
     acc = torch.promote_types(bank.dtype, torch.float32)
-    if ctx.needs_input_grad[3]:
-        d_scores = torch.einsum("ujor,uor->uj", bank[idx].to(acc), grad.to(acc)).to(scores.dtype)
+    g = grad.to(acc)
+    if ctx.needs_input_grad[3]:   # one gathered [U, Co, R] at a time, not [U, K, Co, R]
+        d_scores = torch.stack([(bank.index_select(0, idx[:, j]).to(acc) * g).sum((1, 2))
+                                for j in range(idx.shape[1])], 1).to(scores.dtype)
     if ctx.needs_input_grad[1]:
-        contrib = scores.to(acc)[:, :, None, None] * grad.to(acc)[:, None]
-        d_bank = torch.zeros_like(bank, dtype=acc).index_add_(
-            0, idx.reshape(-1), contrib.reshape(-1, *grad.shape[1:])).to(bank.dtype)
+        d_bank = torch.zeros_like(bank, dtype=acc)
+        for j in range(idx.shape[1]):
+            d_bank.index_add_(0, idx[:, j], g * scores[:, j, None, None].to(acc))
+        d_bank = d_bank.to(bank.dtype)
     return d_g0, d_bank, None, d_scores, None
 
 
@@ -209,4 +226,7 @@ _mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 def mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str = "auto") -> Tensor:
     """Folded per-unit kernels ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``:
     g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three."""
-    return _mix(g0, bank, idx, scores, resolve(backend, g0, bank))
+    resolved = resolve(backend, g0, bank)
+    if needs_custom_op(g0, bank, scores):
+        return _mix(g0, bank, idx, scores, resolved)
+    return IMPLS[resolved].mix(g0, bank, idx, scores)

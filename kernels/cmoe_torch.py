@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .backend import output
 
-__all__ = ["DYN_CONV_FORMAT", "INPUT_FORMAT", "to_bank", "to_input_format", "compose", "mix",
-           "dyn_conv", "dyn_conv_backward"]
+__all__ = ["DYN_CONV_FORMAT", "INPUT_FORMAT", "to_bank", "to_input_format", "compose",
+           "compose_transposed", "mix", "dyn_conv", "dyn_conv_backward"]
 
 #: Memory format of :func:`dyn_conv`'s output (what the grouped convolution returns).
 DYN_CONV_FORMAT = torch.contiguous_format
@@ -49,18 +49,31 @@ def to_bank(w: torch.Tensor) -> torch.Tensor:
     return w.flatten(-3)
 
 
+#: Units per chunk of :func:`mix` are chosen so one chunk's gathered kernels stay below this.
+MIX_CHUNK_BYTES = 8 * 2 ** 20
+
+
+def compose_transposed(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
+                       scores: torch.Tensor) -> torch.Tensor:
+    """:func:`compose` in the layout ``[Co, U, R]`` (unit ``u``'s kernel is ``[:, u]``): one
+    batched matmul over output channels, ``α[:, :, o] @ base[:, o]``, that reads the base
+    bank once, in place, for all units (fp32 or better)."""
+    acc = torch.promote_types(base.dtype, torch.float32)
+    p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
+    alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
+    return torch.bmm(alpha.permute(2, 0, 1).to(base.dtype), base.transpose(0, 1))
+
+
 def compose(base: torch.Tensor, leaders: torch.Tensor, idx: torch.Tensor,
             scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mixed routed kernel of every unit (collapse + MoE-in-MoE).
 
     ``M[u, o, r] = Σ_n α[u, n, o] · base[n, o, r]`` with
     ``α[u] = Σ_j scores[u, j] · softmax_n(leaders[idx[u, j]])``.
-    base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    base ``[N, Co, R]``, leaders ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``
+    (:func:`compose_transposed`, made unit-major).
     """
-    acc = torch.promote_types(base.dtype, torch.float32)
-    p = torch.softmax(leaders[idx].to(acc), dim=2)                  # [U, K, N, Co]
-    alpha = (scores.to(acc)[:, :, None, None] * p).sum(1)          # [U, N, Co]
-    mixed = torch.einsum("uno,nor->uor", alpha, base.to(acc)).to(base.dtype).contiguous()
+    mixed = compose_transposed(base, leaders, idx, scores).transpose(0, 1).contiguous()
     return _deliver(out, mixed)
 
 
@@ -68,11 +81,33 @@ def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
         scores: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Folded per-unit kernel ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``.
 
-    g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.
+    g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]`` (bank's dtype),
+    accumulated in fp32 or better: on the CPU (fp32 / float64 banks) by adding the chosen
+    rows in place, elsewhere in chunks of units (gathered kernels of one chunk at most
+    :data:`MIX_CHUNK_BYTES`) without reading the routing on the host.
     """
-    w = g0.unsqueeze(0).repeat(idx.shape[0], 1, 1)
-    for j in range(idx.shape[1]):
-        w.addcmul_(bank.index_select(0, idx[:, j]), scores[:, j, None, None].to(bank.dtype))
+    U, K = idx.shape
+    acc = torch.promote_types(bank.dtype, torch.float32)
+    w = torch.empty((U, *g0.shape), dtype=bank.dtype, device=bank.device)
+    if bank.device.type == "cpu" and bank.dtype == acc:
+        # on the host the routing is at hand: add the bank rows in place, no gathered copy
+        rows, s = idx.tolist(), scores.to(torch.float64).tolist()
+        for u in range(U):
+            w[u].copy_(g0)
+            for j in range(K):
+                w[u].add_(bank[rows[u][j]], alpha=s[u][j])
+        return _deliver(out, w)
+    step = max(1, MIX_CHUNK_BYTES // max(1, g0.numel() * bank.element_size()))
+    for u0 in range(0, U, step):
+        u1 = min(U, u0 + step)
+        dst = w[u0:u1] if w.dtype == acc else torch.empty((u1 - u0, *g0.shape), dtype=acc,
+                                                          device=bank.device)
+        dst.copy_(g0.expand(u1 - u0, *g0.shape))
+        for j in range(K):
+            dst.addcmul_(bank.index_select(0, idx[u0:u1, j]),
+                         scores[u0:u1, j, None, None].to(acc))
+        if w.dtype != acc:
+            w[u0:u1].copy_(dst)
     return _deliver(out, w)
 
 

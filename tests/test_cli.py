@@ -104,10 +104,108 @@ def test_python_m_unimmad_bench_isolated(tmp_path):
 @pytest.mark.parametrize("argv", [["bench", "--modalities", "5"], ["bench", "--batch", "0"],
                                   ["bench", "--image-size", "100"],
                                   ["bench", "--sections", "gpu"],
-                                  ["bench", "--providers", "triton"]])
+                                  ["bench", "--providers", "triton"],
+                                  ["bench", "--cache", "some"],
+                                  ["bench", "--cache", "all", "--cache-mb", "10"],
+                                  ["bench", "--cache", "bounded", "--cache-mb", "-1"],
+                                  ["bench", "--shapes", "1x5"], ["bench", "--shapes", "0x1"],
+                                  ["bench", "--shapes", "2"], ["bench", "--shapes", "1x2,"]])
 def test_bench_rejects_bad_options(argv, tmp_path):
     with pytest.raises(SystemExit):
         main(argv + ["--out", str(tmp_path), "--no-isolate", "--quiet"])
+
+
+def test_bench_rows_per_memory_policy_and_train_section(tmp_path):
+    rec = main_record(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "2",
+                       "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--no-isolate",
+                       "--quiet", "--no-flops", "--sections", "model,train",
+                       "--cache", "none,bounded,all", "--cache-mb", "0.5"])
+    rows = {(r["section"], r["provider"], r["cache"]): r for r in rec["results"]}
+    assert len(rows) == len(rec["results"]) == 8
+    for section in ("model", "train"):
+        ref = rows[(section, "reference", None)]
+        for policy in ("none", "bounded", "all"):
+            row = rows[(section, "torch", policy)]
+            assert row["status"] == "ok" and row["ref_peak_memory_mb"] == ref["peak_memory_mb"]
+    model = {p: rows[("model", "torch", p)] for p in ("none", "bounded", "all")}
+    assert model["none"]["cache_mb"] == 0 and 0 < model["bounded"]["cache_mb"] <= 0.5
+    assert model["bounded"]["cache_budget_mb"] == 0.5 and model["all"]["cache_mb"] > 0.5
+    # training folds inside autograd under every policy: nothing is cached
+    assert all(rows[("train", "torch", p)]["cache_mb"] == 0 for p in ("none", "bounded", "all"))
+    md = (tmp_path / "bench.md").read_text()
+    assert "| cache |" in md and "| ref. peak MB |" in md and "| cache MB |" in md
+
+
+def test_bench_shapes_in_one_run(tmp_path):
+    rec = main_record(["bench", "--preset", "tiny", "--shapes", "1x1,2x3", "--warmup", "0",
+                       "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--quiet",
+                       "--no-flops", "--sections", "model", "--cache", "none,all"])
+    rows = rec["results"]
+    assert [(r["batch"], r["modalities"], r["units"], r["provider"], r["cache"]) for r in rows] == [
+        (1, 1, 1, "reference", None), (1, 1, 1, "torch", "none"), (1, 1, 1, "torch", "all"),
+        (2, 3, 6, "reference", None), (2, 3, 6, "torch", "none"), (2, 3, 6, "torch", "all")]
+    for ref, fast in ((rows[0], rows[1:3]), (rows[3], rows[4:6])):
+        for row in fast:      # judged against the reference of its own shape
+            assert row["ref_peak_memory_mb"] == ref["peak_memory_mb"] and row["status"] == "ok"
+    assert rec["args"]["shapes"] == [[1, 1], [2, 3]] or rec["args"]["shapes"] == [(1, 1), (2, 3)]
+    assert rec["complete"] is True
+    assert len(rec["meta"]["load_avg_start"]) == 3 and "load (1 min)" in (
+        tmp_path / "bench.md").read_text()
+
+
+def test_bench_keeps_what_it_measured_when_interrupted(monkeypatch, tmp_path):
+    from unimmad.bench import sections
+    real = sections._measure
+
+    def measure(kind, job):
+        if job["batch"] == 2:
+            raise KeyboardInterrupt
+        return real(kind, job)
+    monkeypatch.setattr(sections, "_measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        main_record(["bench", "--preset", "tiny", "--shapes", "1x2,2x1", "--warmup", "0",
+                     "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--quiet",
+                     "--no-flops", "--sections", "model"])
+    rec = json.loads((tmp_path / "bench.json").read_text())
+    assert rec["complete"] is False
+    assert [(r["batch"], r["provider"]) for r in rec["results"]] == [(1, "reference"),
+                                                                      (1, "torch")]
+
+
+def _tiny_job(provider, cache, label):
+    from unimmad import UniMMADConfig
+    return {"config": UniMMADConfig.tiny().to_dict(), "batch": 1, "modalities": 2,
+            "dtype": "float32", "device": "cpu", "warmup": 0, "iters": 1, "seed": 0,
+            "threads": 1, "progress": False, "provider": provider, "cache": cache,
+            "cache_mb": None, "label": label}
+
+
+def test_run_interleaved_own_processes_one_call_at_a_time():
+    from unimmad.bench.parity import rel_err
+    from unimmad.bench.sections import run_interleaved
+    jobs = [_tiny_job("reference", None, "ref"), _tiny_job("torch", "all", "fast")]
+    ref, fast = run_interleaved("model", jobs, warmup=1, iters=3, progress=False)
+    for res in (ref, fast):
+        assert len(res["times_s"]) == len(res["cpu_s"]) == 3 and len(res["call_spans"]) == 4
+        assert res["peak_memory_kind"] == "process_peak_rss" and res["peak_memory_mb"] > 0
+    assert fast["cache"] == "all" and fast["cache_mb"] > 0 and ref["cache"] is None
+    assert rel_err(fast["anomaly_map"], ref["anomaly_map"]) <= 1e-5
+    # calls never overlap and alternate between the processes, the order rotating per round
+    spans = sorted((s, e, who) for who, res in enumerate((ref, fast))
+                   for s, e in res["call_spans"])
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert [who for _, _, who in spans] == [0, 1, 1, 0, 0, 1, 1, 0]
+
+
+def test_run_interleaved_reports_a_failing_process():
+    from unimmad.bench.sections import run_interleaved
+    with pytest.raises(RuntimeError, match="(?s)broken failed in its process.*provider must be"):
+        run_interleaved("train", [_tiny_job("nonsense", None, "broken")], 0, 1, False)
+
+
+def main_record(argv):
+    from unimmad.bench import run
+    return run(build_parser().parse_args(argv))
 
 
 def test_help_lists_bench():

@@ -41,3 +41,19 @@ def test_report_from_all_formats(tmp_path):
     assert "(skipped:" in text  # junk.json is reported, not silently dropped
     assert '"gbps": 4300.0' in text and "skipped (time budget): 1 rows" in text
     assert "| kernels | timeout | 70.0 | 70 | 130 |" in text and "NVIDIA H200" in text
+
+
+def test_report_uses_latency_measured_in_the_isolated_process(tmp_path):
+    """Memory benchmarks time a whole isolated measurement; the model's own latency is in
+    extra_info and is what the table shows and compares."""
+    stats = {"median": 30.0, "iqr": 0.5, "rounds": 1}
+    (tmp_path / "mem.json").write_text(json.dumps({"benchmarks": [
+        {"name": "a", "group": "memory-inference-B1-M2", "stats": stats,
+         "extra_info": {"provider": "reference", "latency_median_ms": 2000.0,
+                        "peak_memory_mb": 1300.0, "cache_mb": None}},
+        {"name": "b", "group": "memory-inference-B1-M2", "stats": stats,
+         "extra_info": {"provider": "torch[all]", "latency_median_ms": 1000.0,
+                        "peak_memory_mb": 2100.0, "cache_mb": 866.0}}]}))
+    text = build(str(tmp_path), str(tmp_path / "R.md"), str(tmp_path / "p.png"))
+    assert "| memory-inference-B1-M2 | torch[all] | 1000.0 | — | 1 | 2.00× | 2100 | 866 |" in text
+    assert "cache MB" in text

@@ -78,7 +78,15 @@ def _mix_macs(inputs, outputs) -> int:
     return _numel(idx) * _numel(g0)               # U · K · Co · R
 
 
+def _mm_macs(inputs, outputs) -> int:
+    """``aten::mm`` with or without ``out=`` (fvcore's own handle expects two inputs)."""
+    from fvcore.nn.jit_handles import get_shape
+    a, b = (get_shape(v) for v in inputs[:2])
+    return int(a[0]) * int(a[1]) * int(b[1])
+
+
 FUSED_OP_HANDLES = {
+    "aten::mm": _mm_macs,
     "unimmad::dyn_conv": _dyn_conv_macs,
     "unimmad::compose": _compose_macs,
     "unimmad::mix": _mix_macs,

@@ -77,10 +77,12 @@ def model_inputs(cfg: UniMMADConfig, batch: int, modalities: int, seed: int = 0,
 
 
 def build_model(cfg: UniMMADConfig, seed: int, dtype, device,
-                provider: str = "reference") -> torch.nn.Module:
+                provider: str = "reference", cache: str = "none",
+                cache_mb: Optional[float] = None) -> torch.nn.Module:
     """The benchmarked model in eval mode, the same weights in every process (seeded
     init): the reference, :func:`unimmad.accelerate` on the ``torch`` or ``triton``
-    backend, or ``torch.compile`` of the reference."""
+    backend with the folded-kernel memory policy ``cache`` (``cache_mb`` for
+    ``"bounded"``), or ``torch.compile`` of the reference."""
     check_provider(provider)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
@@ -88,7 +90,7 @@ def build_model(cfg: UniMMADConfig, seed: int, dtype, device,
         model = UniMMAD(cfg)
     model = model.to(device=device, dtype=dtype).eval()
     if provider in FAST_PROVIDERS:
-        kernels.accelerate(model, backend=provider)
+        kernels.accelerate(model, backend=provider, cache=cache, cache_mb=cache_mb)
     elif provider == "compile":
         model = torch.compile(model)
     return model
@@ -119,12 +121,15 @@ def level_case(level: int, units: int, samples: Optional[int] = None, seed: int 
     return cmoe_case(UniMMADConfig(), level, units, samples, seed, dtype, device)
 
 
-def cmoe_module(reference: CMoE, provider: str) -> torch.nn.Module:
+def cmoe_module(reference: CMoE, provider: str, cache: str = "none",
+                cache_mb: Optional[float] = None) -> torch.nn.Module:
     """The layer a provider runs: the reference itself, a :class:`kernels.FastCMoE` copy on
-    the ``torch`` / ``triton`` backend, or ``torch.compile`` of the reference."""
+    the ``torch`` / ``triton`` backend (memory policy ``cache``), or ``torch.compile`` of
+    the reference."""
     check_provider(provider)
     if provider in FAST_PROVIDERS:
-        return FastCMoE.from_reference(reference, backend=provider)
+        return FastCMoE.from_reference(reference, backend=provider, cache=cache,
+                                       cache_mb=cache_mb)
     if provider == "compile":
         return torch.compile(reference)
     return reference
