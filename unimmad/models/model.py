@@ -188,11 +188,15 @@ class UniMMAD(nn.Module):
         """``L = L_Dec + a(epoch)·L_MoE`` (SPEC §1).  Returns ``(total, parts)`` where
         ``parts`` holds ``dec``, ``moe`` (annealed), ``balance`` (un-annealed), ``anneal``,
         ``dec_levels``, ``balance_levels`` and the forward ``output``."""
+        # The scalars first: a bad epoch fails before the forward pass, not after it.
+        anneal = moe_anneal_factor(epoch, total_epochs, self.config.moe_anneal)
         if sample_weight is not None:
             if not isinstance(sample_weight, torch.Tensor) or sample_weight.shape != (images.shape[0],):
                 raise ValueError(
                     f"sample_weight must be a tensor [B={images.shape[0]}], got "
                     f"{getattr(sample_weight, 'shape', type(sample_weight).__name__)}")
+            if not sample_weight.is_floating_point():
+                raise TypeError(f"sample_weight must be a floating tensor, got {sample_weight.dtype}")
             if sample_weight.device != images.device:
                 raise ValueError("sample_weight must be on the device of images")
             if not bool(torch.isfinite(sample_weight).all()) or bool((sample_weight < 0).any()):
@@ -203,7 +207,6 @@ class UniMMAD(nn.Module):
             self.config.focal_gamma)
         balance_levels = [a.balance_loss for a in out.aux]
         balance = torch.stack(balance_levels).mean()
-        anneal = moe_anneal_factor(epoch, total_epochs, self.config.moe_anneal)
         moe = anneal * balance
         total = dec + moe
         return total, {"dec": dec, "moe": moe, "balance": balance, "anneal": anneal,
