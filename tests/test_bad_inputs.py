@@ -302,6 +302,9 @@ def map_cases(entry, fn, ref):
     feature_cases(entry, call, ref_call, loss=False)
     scalar_cases(entry, "sigma", call, True, extra=(("zero", 0.0), ("negative", -1.0)),
                  valid=(("numpy float32", np.float32(2.0), 2.0), ("int", 2, 2.0)))
+    good(entry, "scalar", "sigma=1e-200 (a point filter, not NaN)",
+         lambda: call(sigma=1e-200, kernel_size=3),
+         close(lambda: ref_call(sigma=1e-200, kernel_size=1)))
     scalar_cases(entry, "kernel_size", call, False,
                  extra=(("zero", 0), ("negative", -3), ("even", 4)),
                  valid=(("numpy int64", np.int64(5), 5), ("0-d int tensor", torch.tensor(5), 5)))
@@ -342,7 +345,10 @@ def map_cases(entry, fn, ref):
 
 MAP_IMPLS = {"unimmad.anomaly_map": unimmad.anomaly_map,
              "kernels.anomaly_map[torch]": lambda *a, **k: kernels.anomaly_map(*a, **k, backend="torch"),
-             "kernels.anomaly_map[triton]": triton_map}
+             "kernels.anomaly_map[triton]": triton_map,
+             "kernels.anomaly_map[reference]": lambda *a, **k: kernels.anomaly_map(
+                 *a, **k, backend="reference"),
+             "kernels.anomaly_map[auto]": kernels.anomaly_map}
 for _name, _fn in MAP_IMPLS.items():
     map_cases(_name, _fn, unimmad.anomaly_map)
 
@@ -352,6 +358,9 @@ LOSS_IMPLS = {
     "unimmad.decompression_loss": unimmad.decompression_loss,
     "kernels.decompression_loss[torch]": lambda *a, **k: kernels.decompression_loss(*a, **k, backend="torch"),
     "kernels.decompression_loss[triton]": lambda *a, **k: kernels.decompression_loss(*a, **k, backend="triton"),
+    "kernels.decompression_loss[reference]": lambda *a, **k: kernels.decompression_loss(
+        *a, **k, backend="reference"),
+    "kernels.decompression_loss[auto]": kernels.decompression_loss,
 }
 
 
@@ -408,6 +417,8 @@ SCORE_IMPLS = {
     "unimmad.image_score": unimmad.image_score,
     "kernels.image_score[torch]": lambda *a, **k: kernels.image_score(*a, **k, backend="torch"),
     "kernels.image_score[triton]": lambda *a, **k: kernels.image_score(*a, **k, backend="triton"),
+    "kernels.image_score[reference]": lambda *a, **k: kernels.image_score(*a, **k, backend="reference"),
+    "kernels.image_score[auto]": kernels.image_score,
 }
 
 
@@ -615,6 +626,19 @@ def cmoe_cases(entry, kind, light=False):
              close(lambda plain=plain: ref_call(**plain), 1e-4))
 
 
+def cmoe_train_single_value(kind):
+    m = tiny_cmoe(kind)
+    m.train()
+    try:
+        return m(torch.randn(1, 8, 1, 1), torch.randn(1, 8, 1, 1), torch.tensor([0]))
+    finally:
+        m.eval()
+
+
+for _kind in ("reference", "torch"):
+    bad(f"{'unimmad.CMoE' if _kind == 'reference' else 'kernels.FastCMoE[torch]'}.forward",
+        "tensor", "training, one unit of 1x1", lambda k=_kind: cmoe_train_single_value(k),
+        "prior")
 cmoe_cases("unimmad.CMoE.forward", "reference")
 cmoe_cases("kernels.FastCMoE[torch].forward", "torch")
 cmoe_cases("kernels.FastCMoE[triton].forward", "triton", light=True)
@@ -732,12 +756,64 @@ def model_cases():
         bad(entry, "tensor", f"sample_weight={label}", lambda v=v: lcall(sample_weight=v), "sample_weight")
     good(entry, "scalar", "numpy epoch (valid)", lambda: lcall(epoch=np.float32(1.0)),
          close(lambda: lcall(epoch=1.0)))
+    for label, v in {"bad images": "x", "meta images": _images().to("meta"),
+                     "float counts": torch.tensor([2.0, 1.0])}.items():
+        key = "images" if "images" in label else "num_modalities"
+        bad(entry, "tensor", f"{label} with sample_weight",
+            lambda v=v, key=key: lcall(sample_weight=torch.ones(2), **{key: v}), key)
+    entry = "unimmad.UniMMAD.features(units=)"
+    ucall = lambda units: tiny_model().features(_images(), torch.tensor([2, 1]), units=units)
+    good_units = unimmad.pack_units(torch.tensor([2, 1]), 2)
+    for label, v in {"str": "abc", "one tensor": good_units[0], "triple": (good_units[0], good_units[1], good_units[1]),
+                     "float slots": (good_units[0], good_units[1].float()),
+                     "slot out of range": (good_units[0], torch.tensor([0, 1, 5])),
+                     "slot the sample lacks": (good_units[0], torch.tensor([0, 1, 1])),
+                     "sample out of range": (torch.tensor([0, 0, 2]), good_units[1]),
+                     "lengths differ": (good_units[0][:2], good_units[1]),
+                     "empty": (good_units[0][:0], good_units[1][:0]),
+                     "meta": (good_units[0].to("meta"), good_units[1].to("meta"))}.items():
+        bad(entry, "tensor", f"units={label}", lambda v=v: ucall(v), "units")
+    good(entry, "tensor", "units of pack_units (valid)", lambda: ucall(good_units).predictions[0],
+         close(lambda: tiny_model().features(_images(), torch.tensor([2, 1])).predictions[0]))
     for label, v in (("str", "tiny"), ("dict", {"image_size": 64}), ("int", 1)):
         bad("unimmad.UniMMAD.__init__", "scalar", f"config={label}",
             lambda v=v: unimmad.UniMMAD(v), "config")
 
 
 model_cases()
+
+
+def config_cases():
+    entry = "unimmad.UniMMADConfig"
+    C = unimmad.UniMMADConfig
+    ints = ("image_size", "max_modalities", "backbone_base_planes", "backbone_width_factor",
+            "fcm_width", "embed_dim", "num_base_experts", "num_leaders", "top_k",
+            "blur_kernel_size")
+    for arg in ints:
+        for label, v in (("zero", 0), ("negative", -1), ("float", 2.0), ("bool", True),
+                         ("str", "2"), ("None", None)):
+            bad(entry, "scalar", f"{arg}={label}", lambda arg=arg, v=v: C.tiny(**{arg: v}), arg)
+    reals = ("input_embedding_std", "router_temperature", "base_expert_std", "leader_std",
+             "focal_gamma", "z_loss_weight", "blur_sigma", "top_fraction")
+    for arg in reals:
+        for label, v in (("nan", NAN), ("inf", INF), ("bool", True), ("str", "1"), ("None", None),
+                         ("negative", -1.0)):
+            bad(entry, "scalar", f"{arg}={label}", lambda arg=arg, v=v: C.tiny(**{arg: v}), arg)
+    for arg in ("backbone_layers", "fcm_kernel_sizes", "cmoe_kernel_sizes"):
+        for label, v in (("str", "111"), ("None", None), ("int", 1), ("floats", (1.0, 1.0, 1.0)),
+                         ("bools", (True, True, True)), ("fraction", (1.5, 1, 1)),
+                         ("zeros", (0, 0, 0))):
+            bad(entry, "list", f"{arg}={label}", lambda arg=arg, v=v: C.tiny(**{arg: v}), arg)
+    for arg, v in (("inter_modal_prior", "yes"), ("encoder_from_pretrained", 1),
+                   ("backbone_weights", 3), ("moe_anneal", None), ("map_mode", "max"),
+                   ("image_size", 48), ("top_fraction", 1.5), ("top_k", 9)):
+        bad(entry, "scalar", f"{arg}={v!r}", lambda arg=arg, v=v: C.tiny(**{arg: v}), arg)
+    good(entry, "scalar", "from_dict(to_dict()) round trip (valid)",
+         lambda: C.from_dict(C.tiny().to_dict()), lambda out: out == C.tiny())
+    bad(entry, "scalar", "unknown field", lambda: C.from_dict({"image_sise": 64}), "image_sise")
+
+
+config_cases()
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -754,19 +830,25 @@ def metrics_cases():
                          "nan": [0, NAN, 0, 1], "strings": ["0", "1", "0", "1"], "None": None,
                          "str": "0101", "complex": np.array([0, 1, 0, 1], complex),
                          "ragged": [[0, 1], [0]], "too short": [0, 1, 0], "too long": [0, 1, 0, 1, 1],
-                         "empty": [], "2-D of another size": np.zeros((2, 3))}.items():
+                         "empty": [], "2-D of another size": np.zeros((2, 3)),
+                         "[2, 2] matrix": [[0, 1], [0, 1]],
+                         "meta tensor": torch.tensor(Y).to("meta")}.items():
             bad(entry, "list", f"labels={label}", lambda v=v: call(S, v),
                 *label_names, "labels", "scores")
         for label, v in {"nan": [0.1, NAN, 0.4, 0.7], "inf": [0.1, INF, 0.4, 0.7],
                          "strings": ["a", "b", "c", "d"], "None": None, "bool": [True, False, True, False],
                          "complex": np.array([0.1, 0.9, 0.4, 0.7], complex), "str": "0.1",
-                         "ragged": [[0.1, 0.9], [0.4]], "empty": []}.items():
+                         "ragged": [[0.1, 0.9], [0.4]], "empty": [],
+                         "[2, 2] matrix": [[0.1, 0.9], [0.4, 0.7]],
+                         "meta tensor": torch.tensor(S).to("meta")}.items():
             bad(entry, "list", f"scores={label}", lambda v=v: call(v, Y), *score_names, "scores")
         for label, s, y, want in (
                 ("torch tensors", torch.tensor(S), torch.tensor(Y), None),
                 ("bool labels", S, Y.astype(bool), None), ("float labels", S, Y.astype(float), None),
                 ("list inputs", S.tolist(), Y.tolist(), None),
-                ("float16 scores", torch.tensor(S).half(), Y, None)):
+                ("float16 scores", torch.tensor(S).half(), Y, None),
+                ("[N, 1] scores", S[:, None], Y, None),
+                ("requires_grad scores", torch.tensor(S, requires_grad=True), Y, None)):
             good(entry, "list", f"{label} (valid)", lambda s=s, y=y: call(s, y),
                  lambda out: (out["image_AUROC"] if isinstance(out, dict) else out) == pytest.approx(
                      (call(S, Y)["image_AUROC"] if isinstance(out, dict) else call(S, Y)), abs=2e-3))

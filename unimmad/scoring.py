@@ -234,7 +234,7 @@ def gaussian_kernel1d(sigma: float, kernel_size: int, dtype=torch.float32,
     (``kernel_size`` odd, ``sigma`` > 0)."""
     _, sigma, kernel_size = check_blur("mean", sigma, kernel_size)
     r = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
-    g = torch.exp(-(r ** 2) / (2.0 * sigma ** 2))
+    g = torch.exp(-0.5 * (r / sigma) ** 2)      # (r/σ)²: no 0/0 when σ² underflows
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 

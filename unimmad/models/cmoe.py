@@ -246,6 +246,10 @@ class CMoE(nn.Module):
             raise TypeError("CMoE: unit_to_sample must be on the device of prior")
         if prior.shape[0] == 0:
             raise ValueError("CMoE: at least one unit is needed")
+        if self.training and prior.shape[0] * prior.shape[2] * prior.shape[3] == 1:
+            raise ValueError("CMoE: in training mode the condition's BatchNorm needs more than "
+                             "one value per channel, but prior is one unit of 1×1; pass more "
+                             "units or pixels, or call eval()")
         # On CUDA (and while compiling) this data-dependent check would synchronise.
         if unit_to_sample.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(unit_to_sample.min()), int(unit_to_sample.max())
