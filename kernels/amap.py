@@ -109,5 +109,6 @@ def decompression_loss(priors: Sequence[Tensor], predictions: Sequence[Tensor],
         if sample_weight is not None:
             per_unit = per_unit * sample_weight.to(per_unit.dtype)[unit_to_sample]
         levels.append(per_unit.mean())
-    return ref_scoring.check_finite_output(torch.stack(levels).mean(), "decompression loss"), levels
+    return (ref_scoring.check_finite_output(torch.stack(levels).mean(), "decompression loss",
+                                            ref_losses.overflow_hint(gamma)), levels)
 

@@ -371,6 +371,8 @@ def loss_cases(entry, fn):
     bad(entry, "tensor", "no units", lambda: call(
         priors=L(lambda p, q, u: [t[:0] for t in p]), predictions=L(lambda p, q, u: [t[:0] for t in q]),
         unit_to_sample=torch.zeros(0, dtype=torch.long)), "units", "unit_to_sample")
+    bad(entry, "scalar", "gamma=1e6 (A^gamma overflows)", lambda: call(
+        predictions=L(lambda p, q, u: [-t for t in p]), gamma=1e6), "gamma")
     scalar_cases(entry, "gamma", call, True, extra=(("negative", -1.0), ("-0.5", -0.5)),
                  valid=(("numpy float32", np.float32(2.0), 2.0), ("int", 2, 2.0),
                         ("zero", 0, 0.0)))
@@ -706,6 +708,19 @@ def model_call(method="forward", images=_DEFAULT, num_modalities=_DEFAULT, **kw)
         return m(images, nm).anomaly_map
 
 
+@lru_cache(maxsize=None)
+def accelerated_model():
+    import copy
+    return kernels.accelerate(copy.deepcopy(tiny_model()), backend="torch").eval()
+
+
+def accelerated_call(images=_DEFAULT, num_modalities=_DEFAULT):
+    images = _images() if images is _DEFAULT else images
+    nm = torch.tensor([2, 1]) if num_modalities is _DEFAULT else num_modalities
+    with torch.no_grad():
+        return accelerated_model()(images, nm).anomaly_map
+
+
 def model_cases():
     for method in ("forward", "check_inputs"):
         entry = f"unimmad.UniMMAD.{method}"
@@ -775,6 +790,25 @@ def model_cases():
         bad(entry, "tensor", f"units={label}", lambda v=v: ucall(v), "units")
     good(entry, "tensor", "units of pack_units (valid)", lambda: ucall(good_units).predictions[0],
          close(lambda: tiny_model().features(_images(), torch.tensor([2, 1])).predictions[0]))
+    entry = "unimmad.pack_units"
+    for label, v in {"float": torch.tensor([2.0, 1.0]), "list": [2, 1], "2-D": torch.tensor([[2, 1]]),
+                     "bool": torch.tensor([True, True])}.items():
+        bad(entry, "tensor", f"num_modalities={label}", lambda v=v: unimmad.pack_units(v, 2),
+            "num_modalities")
+    for label, v in (("bool", True), ("zero", 0), ("float", 2.0), ("None", None)):
+        bad(entry, "scalar", f"max_modalities={label}",
+            lambda v=v: unimmad.pack_units(torch.tensor([2, 1]), v), "max_modalities")
+    good(entry, "tensor", "known packing (valid)", lambda: unimmad.pack_units(torch.tensor([2, 1]), 3),
+         lambda out: out[0].tolist() == [0, 0, 1] and out[1].tolist() == [0, 1, 0])
+    entry = "kernels.accelerate(UniMMAD).forward"
+    acall = lambda **kw: accelerated_call(**kw)
+    for label, v in {"int": _images().long(), "float64": _images().double(), "meta": _images().to("meta"),
+                     "nan pixel": _images().index_fill_(0, torch.tensor([0]), NAN),
+                     "4-D": _images()[:, 0]}.items():
+        bad(entry, "tensor", f"images={label}", lambda v=v: acall(images=v), "images")
+    good(entry, "layout", "non-contiguous images (valid)",
+         lambda: acall(images=_images().transpose(3, 4).contiguous().transpose(3, 4)),
+         close(lambda: model_call(), 1e-4))
     for label, v in (("str", "tiny"), ("dict", {"image_size": 64}), ("int", 1)):
         bad("unimmad.UniMMAD.__init__", "scalar", f"config={label}",
             lambda v=v: unimmad.UniMMAD(v), "config")

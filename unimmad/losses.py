@@ -14,7 +14,8 @@ from .checks import check_real
 from .scoring import (_checking_values, check_features, check_finite_output, check_not_meta,
                       check_num_samples, compute_dtype, cosine_anomaly)
 
-__all__ = ["decompression_loss", "moe_anneal_factor", "check_loss_inputs", "ANNEAL_MODES"]
+__all__ = ["decompression_loss", "moe_anneal_factor", "check_loss_inputs", "overflow_hint",
+           "ANNEAL_MODES"]
 
 #: L_MoE annealing: the paper's ``(1 − e/E)²`` and the release's ``max(1 − e/E, 0.001)``.
 ANNEAL_MODES = ("quadratic", "linear")
@@ -81,7 +82,13 @@ def decompression_loss(priors: Sequence[torch.Tensor], predictions: Sequence[tor
         levels.append(per_unit.mean())
     dtype = compute_dtype(*priors, *predictions)
     loss = torch.stack([v.to(dtype) for v in levels]).mean()
-    return check_finite_output(loss, "decompression loss"), levels
+    return check_finite_output(loss, "decompression loss", overflow_hint(gamma)), levels
+
+
+def overflow_hint(gamma: float) -> str:
+    """The part of the non-finite-loss message about ``gamma`` (``A ≤ 2``, so ``A^γ``
+    overflows fp32 from ``γ ≈ 127``)."""
+    return f", or A^gamma overflows (gamma={gamma:g})" if gamma > 64 else ""
 
 
 def moe_anneal_factor(epoch: float, total_epochs: float, mode: str = "quadratic") -> float:

@@ -56,14 +56,14 @@ def _checking_values(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def check_finite_output(out: torch.Tensor, what: str) -> torch.Tensor:
+def check_finite_output(out: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
     """``out`` if every value is finite, else a ``ValueError`` naming the inputs.  The
     cosine is clamped, so finite features give a finite map and loss: a NaN or Inf comes
     from the features (or an overflow of their squares).  Checked on the CPU only (see
     :func:`_checking_values`); on CUDA a non-finite input gives a non-finite result."""
     if _checking_values(out) and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError(f"the {what} is not finite: priors or predictions contain NaN or Inf "
-                         f"values (or their squares overflow {out.dtype})")
+                         f"values (or their squares overflow {out.dtype}){hint}")
     return out
 
 

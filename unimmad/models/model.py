@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..config import UniMMADConfig
 from ..losses import decompression_loss, moe_anneal_factor
 from ..scoring import anomaly_map as reference_anomaly_map
@@ -26,6 +27,14 @@ def pack_units(num_modalities: torch.Tensor, max_modalities: int
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Units of a batch: ``(unit_to_sample [U], unit_slot [U])``, samples in order and each
     sample's modalities in slot order (``U = Σ num_modalities``)."""
+    if (not isinstance(num_modalities, torch.Tensor) or num_modalities.dim() != 1
+            or num_modalities.is_floating_point() or num_modalities.is_complex()
+            or num_modalities.dtype == torch.bool):
+        raise TypeError(f"num_modalities must be a 1-D integer tensor [B], got "
+                        f"{getattr(num_modalities, 'dtype', type(num_modalities).__name__)} "
+                        f"{tuple(getattr(num_modalities, 'shape', ()))}")
+    if not isinstance(max_modalities, torch.SymInt):     # symbolic under torch.compile
+        max_modalities = check_int("max_modalities", max_modalities, low=1)
     B = num_modalities.shape[0]
     device = num_modalities.device
     slots = torch.arange(max_modalities, device=device).expand(B, max_modalities)
