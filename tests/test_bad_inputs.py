@@ -1105,6 +1105,68 @@ def data_cases():
         data=True)
 
 
+@lru_cache(maxsize=None)
+def tiny_mvtec():
+    from data_fixtures import make_mvtec_ad
+    root = _tmp()
+    make_mvtec_ad(root, classes=("bottle",), n_train=2)
+    return MVTecAD(root, "train", preprocess=Preprocess(image_size=32))
+
+
+def reader_cases():
+    from unimmad.data import ClassBalancedSampler, MultiDataset, collate
+    entry = "data.MVTecAD"
+    for label, kw, names in (
+            ("classes a str", dict(classes="bottle"), "classes"), ("classes of ints", dict(classes=[1]), "class"),
+            ("loss_weight nan", dict(loss_weight=NAN), "loss_weight"),
+            ("loss_weight bool", dict(loss_weight=True), "loss_weight"),
+            ("loss_weight str", dict(loss_weight="1"), "loss_weight"),
+            ("loss_weight negative", dict(loss_weight=-1.0), "loss_weight"),
+            ("skip_broken str", dict(skip_broken="yes"), "skip_broken"),
+            ("progress int", dict(progress=1), "progress"), ("dataset_name int", dict(dataset_name=3), "dataset_name"),
+            ("split None", dict(split=None), "split"), ("split unknown", dict(split="val"), "split"),
+            ("preprocess str", dict(preprocess="x"), "preprocess")):
+        def make(kw=kw):
+            base = dict(root=tiny_mvtec().root, split="train", preprocess=Preprocess(image_size=32))
+            base.update(kw)
+            return MVTecAD(**base)
+        bad(entry, "scalar", label, make, names, data=True)
+    bad(entry, "scalar", "root None", lambda: MVTecAD(None, "train"), "root")
+    bad(entry, "scalar", "root missing", lambda: MVTecAD(tiny_mvtec().root / "nope", "train"), "nope",
+        data=True)
+    for label, v in (("str", "0"), ("float", 1.0), ("bool", True), ("None", None)):
+        bad("data.AnomalyDataset[index]", "scalar", f"index={label}", lambda v=v: tiny_mvtec()[v], "index")
+    good("data.AnomalyDataset[index]", "scalar", "numpy index (valid)", lambda: tiny_mvtec()[np.int64(1)]["path"],
+         lambda out: out == tiny_mvtec()[1]["path"])
+    good("data.AnomalyDataset[index]", "scalar", "out of range: IndexError naming it (iteration protocol)",
+         lambda: _index_error(lambda: tiny_mvtec()[100]), lambda out: "100" in out)
+    entry = "data.collate"
+    for label, v in (("empty", []), ("ints", [1, 2]), ("dict", {"images": torch.zeros(1)}), ("None", None),
+                     ("list of None", [None]), ("no images", [{"label": 0}])):
+        bad(entry, "list", label, lambda v=v: collate(v), "samples")
+    entry = "data.MultiDataset"
+    bad(entry, "list", "empty", lambda: MultiDataset([]), "dataset")
+    bad(entry, "list", "an int", lambda: MultiDataset([1]), "datasets[0]")
+    bad(entry, "list", "a list", lambda: MultiDataset([[1, 2]]), "datasets[0]")
+    bad(entry, "scalar", "loss_weights nan", lambda: MultiDataset([tiny_mvtec()], {"mvtec": NAN}), "loss_weight")
+    entry = "data.ClassBalancedSampler"
+    for arg, vals in (("num_samples", (("zero", 0), ("float", 2.5), ("bool", True), ("str", "4"))),
+                      ("seed", (("float", 1.5), ("str", "1"), ("None", None)))):
+        for label, v in vals:
+            bad(entry, "scalar", f"{arg}={label}",
+                lambda arg=arg, v=v: ClassBalancedSampler(["a", "b"], **{arg: v}), arg)
+    bad("data.MetaJsonDataset", "scalar", "meta_file int",
+        lambda: MetaJsonDataset(_tmp(), "test", meta_file=3), "meta_file")
+
+
+def _index_error(fn):
+    try:
+        fn()
+    except IndexError as e:
+        return str(e)
+    return ""
+
+
 _TMP_ROOT = None
 
 
@@ -1118,6 +1180,7 @@ def _tmp():
 
 
 data_cases()
+reader_cases()
 
 
 # ----------------------------------------------------------------------------- triton
