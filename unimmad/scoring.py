@@ -52,8 +52,9 @@ def check_not_meta(name: str, t: torch.Tensor) -> None:
 def _checking_values(t: torch.Tensor) -> bool:
     """Whether value checks run on ``t``: on the CPU, outside tracing (on CUDA they would
     synchronise with the device; under ``torch.compile``/``torch.export`` they would be
-    data-dependent guards)."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    data-dependent guards; under the TorchScript tracer, constants)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
 
 
 def check_finite_output(out: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
