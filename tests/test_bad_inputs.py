@@ -1049,6 +1049,31 @@ def data_cases():
             return MetaJsonDataset(root, "test", preprocess=Preprocess(image_size=32))
         bad(entry, "file", label, run, *(tuple(names) + ("meta.json",)), data=True)
 
+    def meta_label(value):
+        root = _meta_root(_tmp(), _set_item("test", "anomaly", value))
+        ds = MetaJsonDataset(root, "test", classes=["bottle_mvtec"], preprocess=Preprocess(image_size=32))
+        return ds.records[0].label
+    for value, want in (("0", 0), ("1", 1), (False, 0), (True, 1), ("normal", 0), (" Anomaly ", 1)):
+        good(entry, "file", f"anomaly {value!r} is label {want} (documented)",
+             lambda value=value: meta_label(value), lambda out, want=want: out == want)
+
+    def visa_row(line):
+        from data_fixtures import make_visa
+        from unimmad.data import VisA
+        root = _tmp() / "visa"
+        make_visa(root, classes=("candle",))
+        csv_path = root / "split_csv" / "1cls.csv"
+        rows = csv_path.read_text().splitlines()
+        csv_path.write_text("\n".join(rows[:2] + [line] + rows[2:]) + "\n")
+        return VisA(root, "train")
+    for label, line in (("short row", "candle,train,normal"), ("long row", "candle,train,normal,a.JPG,,x"),
+                        ("unknown split", "candle,training,normal,candle/Data/Images/Normal/0000.JPG,"),
+                        ("empty object", ",test,normal,candle/Data/Images/Normal/0000.JPG,")):
+        bad("data.VisA", "file", f"split CSV {label}", lambda line=line: visa_row(line), "1cls.csv",
+            data=True)
+    good("data.VisA", "file", "a row of empty fields is a blank line (documented)",
+         lambda: len(visa_row(",,,,")), lambda out: out == 3)
+
     def truncated(tmp_name="trunc"):
         from data_fixtures import make_mvtec_ad, truncate
         root = _tmp()
