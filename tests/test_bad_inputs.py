@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pytest

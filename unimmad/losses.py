@@ -12,7 +12,7 @@ import torch
 
 from .checks import check_real
 from .scoring import (_checking_values, check_features, check_finite_output, check_not_meta,
-                      check_num_samples, compute_dtype, cosine_anomaly)
+                      compute_dtype, cosine_anomaly)
 
 __all__ = ["decompression_loss", "moe_anneal_factor", "check_loss_inputs", "overflow_hint",
            "ANNEAL_MODES"]
@@ -36,7 +36,8 @@ def check_loss_inputs(priors: Sequence[torch.Tensor], predictions: Sequence[torc
         raise ValueError("decompression_loss: there are no units (unit_to_sample is empty)")
     gamma = check_real("gamma", gamma, low=0.0)
     if sample_weight is None:
-        check_num_samples(unit_to_sample, None)      # on the CPU: no negative sample index
+        if _checking_values(unit_to_sample) and int(unit_to_sample.min()) < 0:
+            raise ValueError(f"unit_to_sample values must be >= 0, got {int(unit_to_sample.min())}")
         return gamma
     if not isinstance(sample_weight, torch.Tensor) or sample_weight.dim() != 1:
         raise ValueError(f"sample_weight must be a 1-D tensor [B], got "
