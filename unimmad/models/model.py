@@ -117,7 +117,8 @@ class UniMMAD(nn.Module):
             raise ValueError("images: the batch is empty")
         if not isinstance(num_modalities, torch.Tensor):
             raise TypeError("num_modalities must be a long tensor [B]")
-        if num_modalities.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if num_modalities.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                        torch.uint8):
             raise TypeError(f"num_modalities must be an integer tensor [B], got {num_modalities.dtype}")
         if num_modalities.shape != (images.shape[0],):
             raise ValueError(
