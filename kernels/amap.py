@@ -63,8 +63,9 @@ def anomaly_map(priors: Sequence[Tensor], predictions: Sequence[Tensor],
     if resolved == "reference":
         return ref_scoring.anomaly_map(priors, predictions, unit_to_sample, size, B, mode,
                                        sigma, kernel_size)
-    return amap_ops.anomaly_map(list(priors), list(predictions), unit_to_sample, B, size[0],
-                                size[1], mode, sigma, kernel_size, resolved)
+    out = amap_ops.anomaly_map(list(priors), list(predictions), unit_to_sample, B, size[0],
+                               size[1], mode, sigma, kernel_size, resolved)
+    return ref_scoring.check_finite_output(out, "anomaly map")
 
 
 def image_score(anomaly_map: Tensor, top_fraction: float = 0.001,
@@ -76,6 +77,8 @@ def image_score(anomaly_map: Tensor, top_fraction: float = 0.001,
     resolved = resolve(backend, anomaly_map)
     if resolved == "reference":
         return ref_scoring.image_score(anomaly_map, top_fraction)
+    if anomaly_map.shape[0] == 0:                   # no maps: no scores (as the reference)
+        return anomaly_map.new_empty((0,))
     k = ref_scoring.top_k_count(anomaly_map.shape[1] * anomaly_map.shape[2], top_fraction)
     return amap_ops.image_score(anomaly_map, k, resolved)
 
@@ -106,5 +109,6 @@ def decompression_loss(priors: Sequence[Tensor], predictions: Sequence[Tensor],
         if sample_weight is not None:
             per_unit = per_unit * sample_weight.to(per_unit.dtype)[unit_to_sample]
         levels.append(per_unit.mean())
-    return torch.stack(levels).mean(), levels
+    return (ref_scoring.check_finite_output(torch.stack(levels).mean(), "decompression loss",
+                                            ref_losses.overflow_hint(gamma)), levels)
 

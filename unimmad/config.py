@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -112,9 +113,13 @@ class UniMMADConfig:
     top_fraction: float = 0.001
 
     def __post_init__(self) -> None:
-        self.backbone_layers = tuple(int(v) for v in self.backbone_layers)
-        self.fcm_kernel_sizes = tuple(int(v) for v in self.fcm_kernel_sizes)
-        self.cmoe_kernel_sizes = tuple(int(v) for v in self.cmoe_kernel_sizes)
+        from .checks import check_int
+        for name in ("backbone_layers", "fcm_kernel_sizes", "cmoe_kernel_sizes"):
+            v = getattr(self, name)
+            if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+                raise TypeError(f"UniMMADConfig.{name} must be a list or tuple of ints, got {v!r}")
+            setattr(self, name, tuple(check_int(f"UniMMADConfig.{name}[{i}]", k)
+                                      for i, k in enumerate(v)))
         self.validate()
 
     # ------------------------------------------------------------------ derived sizes
@@ -173,6 +178,23 @@ class UniMMADConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
+        from .checks import check_real
+        for name in ("encoder_from_pretrained", "inter_modal_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"UniMMADConfig.{name} must be True or False, got "
+                                f"{getattr(self, name)!r}")
+        if self.backbone_weights is not None and not isinstance(self.backbone_weights,
+                                                                (str, os.PathLike)):
+            raise TypeError(f"UniMMADConfig.backbone_weights must be None or a path, got "
+                            f"{self.backbone_weights!r}")
+        for name, low, low_open, high in (
+                ("input_embedding_std", 0.0, False, None), ("router_temperature", 0.0, True, None),
+                ("base_expert_std", 0.0, False, None), ("leader_std", 0.0, False, None),
+                ("focal_gamma", 0.0, False, None), ("z_loss_weight", 0.0, False, None),
+                ("blur_sigma", 0.0, True, None), ("top_fraction", 0.0, True, 1.0)):
+            check_real(f"UniMMADConfig.{name}", getattr(self, name), low=low,
+                       low_open=low_open, high=high)
+
         def pos(name):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

@@ -11,9 +11,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .checks import check_real
-from .scoring import check_features, check_num_samples, compute_dtype, cosine_anomaly
+from .scoring import (_checking_values, check_features, check_finite_output, check_not_meta,
+                      compute_dtype, cosine_anomaly)
 
-__all__ = ["decompression_loss", "moe_anneal_factor", "check_loss_inputs", "ANNEAL_MODES"]
+__all__ = ["decompression_loss", "moe_anneal_factor", "check_loss_inputs", "overflow_hint",
+           "ANNEAL_MODES"]
 
 #: L_MoE annealing: the paper's ``(1 − e/E)²`` and the release's ``max(1 − e/E, 0.001)``.
 ANNEAL_MODES = ("quadratic", "linear")
@@ -33,18 +35,27 @@ def check_loss_inputs(priors: Sequence[torch.Tensor], predictions: Sequence[torc
     if unit_to_sample.shape[0] == 0:
         raise ValueError("decompression_loss: there are no units (unit_to_sample is empty)")
     gamma = check_real("gamma", gamma, low=0.0)
-    if sample_weight is not None:
-        if not isinstance(sample_weight, torch.Tensor) or sample_weight.dim() != 1:
-            raise ValueError(f"sample_weight must be a 1-D tensor [B], got "
-                             f"{getattr(sample_weight, 'shape', type(sample_weight).__name__)}")
-        if not sample_weight.is_floating_point():
-            raise TypeError(f"sample_weight must be a floating tensor, got {sample_weight.dtype}")
-        if sample_weight.device != unit_to_sample.device:
-            raise ValueError(f"sample_weight is on {sample_weight.device} but unit_to_sample on "
-                             f"{unit_to_sample.device}")
-        check_num_samples(unit_to_sample, sample_weight.shape[0])
-        if sample_weight.device.type == "cpu" and not bool(
-                (torch.isfinite(sample_weight) & (sample_weight >= 0)).all()):
+    if sample_weight is None:
+        if _checking_values(unit_to_sample) and int(unit_to_sample.min()) < 0:
+            raise ValueError(f"unit_to_sample values must be >= 0, got {int(unit_to_sample.min())}")
+        return gamma
+    if not isinstance(sample_weight, torch.Tensor) or sample_weight.dim() != 1:
+        raise ValueError(f"sample_weight must be a 1-D tensor [B], got "
+                         f"{getattr(sample_weight, 'shape', type(sample_weight).__name__)}")
+    if not sample_weight.is_floating_point():
+        raise TypeError(f"sample_weight must be a floating tensor, got {sample_weight.dtype}")
+    check_not_meta("sample_weight", sample_weight)
+    if sample_weight.device != unit_to_sample.device:
+        raise ValueError(f"sample_weight is on {sample_weight.device} but unit_to_sample on "
+                         f"{unit_to_sample.device}")
+    if _checking_values(unit_to_sample):
+        lo, hi = int(unit_to_sample.min()), int(unit_to_sample.max())
+        if lo < 0:
+            raise ValueError(f"unit_to_sample values must be >= 0, got {lo}")
+        if hi >= sample_weight.shape[0]:
+            raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries but "
+                             f"unit_to_sample names sample {hi}: it needs one weight per sample")
+        if not bool((torch.isfinite(sample_weight) & (sample_weight >= 0)).all()):
             raise ValueError("sample_weight must be finite and non-negative")
     return gamma
 
@@ -71,7 +82,14 @@ def decompression_loss(priors: Sequence[torch.Tensor], predictions: Sequence[tor
             per_unit = per_unit * sample_weight.to(per_unit.dtype)[unit_to_sample]
         levels.append(per_unit.mean())
     dtype = compute_dtype(*priors, *predictions)
-    return torch.stack([v.to(dtype) for v in levels]).mean(), levels
+    loss = torch.stack([v.to(dtype) for v in levels]).mean()
+    return check_finite_output(loss, "decompression loss", overflow_hint(gamma)), levels
+
+
+def overflow_hint(gamma: float) -> str:
+    """The part of the non-finite-loss message about ``gamma`` (``A ≤ 2``, so ``A^γ``
+    overflows fp32 from ``γ ≈ 127``)."""
+    return f", or A^gamma overflows (gamma={gamma:g})" if gamma > 64 else ""
 
 
 def moe_anneal_factor(epoch: float, total_epochs: float, mode: str = "quadratic") -> float:

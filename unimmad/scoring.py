@@ -30,6 +30,9 @@ __all__ = [
     "check_image_size",
     "check_blur",
     "check_score_input",
+    "check_cosine_input",
+    "check_not_meta",
+    "check_finite_output",
 ]
 
 #: Clamp of ``‖u‖·‖p‖`` in the cosine (a zero vector gives ``cos = 0``, ``A = 1``).
@@ -39,6 +42,32 @@ MODES = ("mean", "joint")
 
 
 # ----------------------------------------------------------------------------- contract
+def check_not_meta(name: str, t: torch.Tensor) -> None:
+    """Refuse a ``meta`` tensor (no values: maps, scores and losses need them)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a tensor without values); the anomaly "
+                         "map, image score and losses compute values, pass real tensors")
+
+
+def _checking_values(t: torch.Tensor) -> bool:
+    """Whether value checks run on ``t``: on the CPU, outside tracing (on CUDA they would
+    synchronise with the device; under ``torch.compile``/``torch.export`` they would be
+    data-dependent guards; under the TorchScript tracer, constants)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
+
+
+def check_finite_output(out: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
+    """``out`` if every value is finite, else a ``ValueError`` naming the inputs.  The
+    cosine is clamped, so finite features give a finite map and loss: a NaN or Inf comes
+    from the features (or an overflow of their squares).  Checked on the CPU only (see
+    :func:`_checking_values`); on CUDA a non-finite input gives a non-finite result."""
+    if _checking_values(out) and out.numel() and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the {what} is not finite: priors or predictions contain NaN or Inf "
+                         f"values (or their squares overflow {out.dtype}){hint}")
+    return out
+
+
 def check_features(priors, predictions, unit_to_sample) -> None:
     """Per-level priors and predictions (lists of equal ``[U, C_l, H_l, W_l]`` floating
     tensors on one device) and ``unit_to_sample`` (int64/int32 ``[U]`` on that device)."""
@@ -70,9 +99,15 @@ def check_features(priors, predictions, unit_to_sample) -> None:
                              f"{tuple(p.shape)} must be equal [U, C, H, W] shapes")
         if u.shape[0] != U:
             raise ValueError(f"level {lvl}: {u.shape[0]} units but unit_to_sample has {U}")
+        if 0 in u.shape[1:]:
+            raise ValueError(f"level {lvl}: priors and predictions {tuple(u.shape)} have an empty "
+                             "channel or spatial dimension (C, H and W must be >= 1)")
+        check_not_meta(f"level {lvl}: the prior", u)
+        check_not_meta(f"level {lvl}: the prediction", p)
         if u.device != device or p.device != device:
             raise ValueError(f"level {lvl}: prior on {u.device} and prediction on {p.device}, "
                              f"but level 0 is on {device}; all levels must share one device")
+    check_not_meta("unit_to_sample", unit_to_sample)
     if unit_to_sample.device != device:
         raise ValueError(f"unit_to_sample is on {unit_to_sample.device} but the features on "
                          f"{device}")
@@ -102,16 +137,24 @@ def check_num_samples(unit_to_sample: torch.Tensor, num_samples: Optional[int]) 
 
 
 def check_image_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    """``(H, W)`` from an int or a pair of positive ints."""
-    if isinstance(image_size, (list, tuple, torch.Size)):
+    """``(H, W)`` from an int or a pair of positive ints (a list, tuple, ``torch.Size``,
+    1-D array or tensor of two ints; numpy integers count as ints)."""
+    if isinstance(image_size, (str, bytes)):
+        raise TypeError(f"image_size must be an int or a pair (H, W), got {image_size!r}")
+    pair = isinstance(image_size, (list, tuple, torch.Size)) or (
+        hasattr(image_size, "__len__") and getattr(image_size, "ndim", 1) == 1)
+    if pair:
         if len(image_size) != 2:
             raise ValueError(f"image_size must be an int or a pair (H, W), got {image_size!r}")
-        return (check_int("image_size[0]", image_size[0], low=1),
-                check_int("image_size[1]", image_size[1], low=1))
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"image_size must be an int or a pair (H, W), got {image_size!r}")
+        return (check_int("image_size[0]", _item(image_size[0]), low=1),
+                check_int("image_size[1]", _item(image_size[1]), low=1))
     s = check_int("image_size", image_size, low=1)
     return (s, s)
+
+
+def _item(v):
+    """A 0-d numpy array element as its numpy scalar (check_int takes those)."""
+    return v[()] if getattr(v, "ndim", None) == 0 and not isinstance(v, torch.Tensor) else v
 
 
 def check_blur(mode: str, sigma: float, kernel_size: int) -> Tuple[str, float, int]:
@@ -137,7 +180,30 @@ def check_score_input(anomaly_map: torch.Tensor, top_fraction: float) -> float:
         raise TypeError(f"anomaly_map must be a floating tensor, got {anomaly_map.dtype}")
     if anomaly_map.shape[1] * anomaly_map.shape[2] == 0:
         raise ValueError(f"anomaly_map has no pixels: {tuple(anomaly_map.shape)}")
-    return check_real("top_fraction", top_fraction, low=0.0, high=1.0, low_open=True)
+    check_not_meta("anomaly_map", anomaly_map)
+    top_fraction = check_real("top_fraction", top_fraction, low=0.0, high=1.0, low_open=True)
+    if (_checking_values(anomaly_map) and anomaly_map.numel()
+            and not bool(torch.isfinite(anomaly_map).all())):
+        raise ValueError("anomaly_map contains NaN or Inf values")
+    return top_fraction
+
+
+def check_cosine_input(u: torch.Tensor, p: torch.Tensor, eps: float) -> float:
+    """Two floating ``[N, C, H, W]`` tensors of one shape on one device, and ``eps`` a
+    finite number > 0; returns ``eps`` as a float."""
+    for name, t in (("u", u), ("p", p)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor [N, C, H, W], got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [N, C, H, W], got {tuple(t.shape)}")
+        check_not_meta(name, t)
+    if u.shape != p.shape:
+        raise ValueError(f"u {tuple(u.shape)} and p {tuple(p.shape)} must have one shape")
+    if u.device != p.device:
+        raise ValueError(f"u is on {u.device} but p on {p.device}")
+    return check_real("eps", eps, low=0.0, low_open=True)
 
 
 # ----------------------------------------------------------------------------- functions
@@ -152,8 +218,10 @@ def cosine_anomaly(u: torch.Tensor, p: torch.Tensor, eps: float = COS_EPS) -> to
 
     The denominator ``‖u‖·‖p‖`` is clamped at ``eps`` (as ``sqrt(max(‖u‖²‖p‖², eps²))``),
     so a zero vector gives ``cos = 0`` (``A = 1``) and a finite gradient instead of NaN.
-    Computed in :func:`compute_dtype`.
+    Computed in :func:`compute_dtype`; ``u`` and ``p`` are floating ``[N, C, H, W]`` of one
+    shape (else ``TypeError``/``ValueError``), ``eps`` > 0.
     """
+    eps = check_cosine_input(u, p, eps)
     dtype = compute_dtype(u, p)
     u, p = u.to(dtype), p.to(dtype)
     dot = (u * p).sum(1)
@@ -167,16 +235,20 @@ def gaussian_kernel1d(sigma: float, kernel_size: int, dtype=torch.float32,
     (``kernel_size`` odd, ``sigma`` > 0)."""
     _, sigma, kernel_size = check_blur("mean", sigma, kernel_size)
     r = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
-    g = torch.exp(-(r ** 2) / (2.0 * sigma ** 2))
+    g = torch.exp(-0.5 * (r / sigma) ** 2)      # (r/σ)²: no 0/0 when σ² underflows
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, kernel_size: int = 15) -> torch.Tensor:
     """Separable Gaussian blur of ``[B, H, W]`` maps with zero padding (the release's
     15×15, σ = 4 filter; the 2-D kernel is the outer product of the 1-D taps)."""
-    if not isinstance(maps, torch.Tensor) or maps.dim() != 3 or not maps.is_floating_point():
-        raise ValueError(f"gaussian_blur takes floating [B, H, W] maps, got "
-                         f"{getattr(maps, 'shape', type(maps).__name__)}")
+    if not isinstance(maps, torch.Tensor) or not maps.is_floating_point():
+        raise TypeError(f"gaussian_blur: maps must be a floating tensor [B, H, W], got "
+                        f"{getattr(maps, 'dtype', type(maps).__name__)}")
+    if maps.dim() != 3 or maps.shape[1] * maps.shape[2] == 0:
+        raise ValueError(f"gaussian_blur: maps must be [B, H, W] with pixels, got "
+                         f"{tuple(maps.shape)}")
+    check_not_meta("maps", maps)
     g = gaussian_kernel1d(sigma, kernel_size, maps.dtype, maps.device)
     r = kernel_size // 2
     x = maps.unsqueeze(1)
@@ -223,7 +295,7 @@ def anomaly_map(priors: Sequence[torch.Tensor], predictions: Sequence[torch.Tens
         else:
             acc = acc.index_add(0, unit_to_sample, _upsample(a, size).square())
     acc = acc / len(priors) if mode == "mean" else acc.sqrt()
-    return gaussian_blur(acc, sigma, kernel_size)
+    return check_finite_output(gaussian_blur(acc, sigma, kernel_size), "anomaly map")
 
 
 def top_k_count(num_pixels: int, top_fraction: float = 0.001) -> int:

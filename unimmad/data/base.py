@@ -67,7 +67,7 @@ def loss_weight_for(dataset: str, weights: Optional[Mapping[str, float]] = None)
     w = table.get(dataset, 1.0)
     if not isinstance(w, numbers.Real) or isinstance(w, (bool, np.bool_)) \
             or not np.isfinite(float(w)) or float(w) < 0:
-        raise ValueError(f"loss weight of dataset {dataset!r} must be a number, finite and >= 0, "
+        raise ValueError(f"loss_weight of dataset {dataset!r} must be a number, finite and >= 0, "
                          f"got {w!r}")
     return float(w)
 
@@ -323,6 +323,11 @@ class AnomalyDataset(Dataset, abc.ABC):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Dict[str, object]:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"{type(self).__name__}: index must be an int, got {index!r}")
+        if not -len(self.records) <= index < len(self.records):
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for "
+                             f"{len(self.records)} samples")
         r = self.records[index]
         images, n, mask, names = self._load(r)
         return {

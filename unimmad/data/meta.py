@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Mapping, Optional
 
@@ -88,6 +89,8 @@ class MetaJsonDataset(AnomalyDataset):
     def __init__(self, root, split: str = "train", *, meta_file: str = "meta.json",
                  loss_weights: Optional[Mapping[str, float]] = None,
                  allow_outside_root: bool = False, **kwargs):
+        if not isinstance(meta_file, (str, os.PathLike)):
+            raise TypeError(f"meta_file must be a path (str or os.PathLike), got {meta_file!r}")
         self.meta_file = meta_file
         self.loss_weights = None if loss_weights is None else dict(loss_weights)
         if not isinstance(allow_outside_root, bool):

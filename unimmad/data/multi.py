@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..checks import check_int
 from .base import AnomalyDataset, loss_weight_for
 
 __all__ = ["MultiDataset", "ClassBalancedSampler", "collate", "class_balanced_weights"]
@@ -32,7 +33,10 @@ class MultiDataset(Dataset):
         if not self.datasets:
             raise ValueError("MultiDataset needs at least one dataset")
         sizes = set()
-        for d in self.datasets:
+        for i, d in enumerate(self.datasets):
+            if not isinstance(d, Dataset) or not hasattr(d, "__len__"):
+                raise TypeError(f"MultiDataset: datasets[{i}] must be a dataset (an "
+                                f"AnomalyDataset), got {type(d).__name__}")
             if len(d) == 0:
                 raise ValueError(f"{d!r} is empty")
             pre = getattr(d, "preprocess", None)
@@ -111,10 +115,11 @@ class ClassBalancedSampler(Sampler[int]):
     def __init__(self, class_names, num_samples: Optional[int] = None, seed: int = 0):
         names = class_names.class_names if hasattr(class_names, "class_names") else class_names
         self.weights = class_balanced_weights(list(names))
-        self.num_samples = len(self.weights) if num_samples is None else int(num_samples)
+        self.num_samples = (len(self.weights) if num_samples is None
+                            else check_int("num_samples", num_samples, low=1))
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed)
         self.epoch = 0
         self._epoch_set = False
 
@@ -148,8 +153,12 @@ def collate(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
     ``model.loss(batch["images"], batch["num_modalities"], sample_weight=batch["sample_weight"])``.
     A top-level function, so it pickles for DataLoader workers.
     """
-    if not samples:
-        raise ValueError("collate: empty batch")
+    if isinstance(samples, Mapping) or not isinstance(samples, Sequence) or not samples:
+        raise ValueError("collate: samples must be a non-empty list of sample dicts")
+    for i, s in enumerate(samples):
+        if not isinstance(s, Mapping) or not isinstance(s.get("images"), torch.Tensor):
+            raise TypeError(f"collate: samples[{i}] must be a sample dict with an 'images' "
+                            f"tensor (a dataset item), got {type(s).__name__}")
     shapes = {tuple(s["images"].shape) for s in samples}
     if len(shapes) != 1:
         raise ValueError(f"collate: samples of different image shapes {sorted(shapes)} "

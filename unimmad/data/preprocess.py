@@ -26,6 +26,8 @@ Slots past a sample's modality count are zero.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
@@ -82,11 +84,20 @@ class Preprocess:
     depth_scale: float = 100.0
 
     def __post_init__(self):
-        if not isinstance(self.image_size, int) or self.image_size < 1:
-            raise ValueError(f"Preprocess.image_size must be a positive int, got {self.image_size!r}")
-        if not isinstance(self.max_modalities, int) or self.max_modalities < 1:
-            raise ValueError(
-                f"Preprocess.max_modalities must be a positive int, got {self.max_modalities!r}")
+        for name in ("image_size", "max_modalities"):
+            v = getattr(self, name)
+            if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)
+                    or v < 1):
+                raise ValueError(f"Preprocess.{name} must be a positive int, got {v!r}")
+            object.__setattr__(self, name, int(v))       # numpy ints become ints
+        for name in ("imagenet_normalize", "normalize_gray"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"Preprocess.{name} must be True or False, got {v!r}")
+            object.__setattr__(self, name, bool(v))
+        if (isinstance(self.depth_scale, (bool, np.bool_))
+                or not isinstance(self.depth_scale, numbers.Real)):
+            raise TypeError(f"Preprocess.depth_scale must be a number > 0, got {self.depth_scale!r}")
         if self.depth_fill not in DEPTH_FILLS:
             raise ValueError(f"Preprocess.depth_fill must be one of {DEPTH_FILLS}, got {self.depth_fill!r}")
         if self.depth_norm not in DEPTH_NORMS:

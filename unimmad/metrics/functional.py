@@ -98,6 +98,8 @@ def as_numpy(x, name: str = "array") -> np.ndarray:
     try:
         import torch
         if isinstance(x, torch.Tensor):
+            if x.device.type == "meta":
+                raise ValueError(f"{name} is on the meta device (a tensor without values)")
             x = x.detach()
             if x.dtype in (torch.bfloat16, torch.float16):
                 x = x.float()
@@ -120,9 +122,16 @@ def _real_dtype(a: np.ndarray, name: str, allow_bool: bool = False) -> None:
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
 
 
+def _as_vector(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` as a vector: ``[N]``, ``[N, 1]``, ``[1, N]`` (or a scalar) — not ``[N, K]``."""
+    if sum(d != 1 for d in a.shape) > 1:
+        raise ValueError(f"{name} must be a vector [N] (one value per image), got shape {a.shape}")
+    return a.reshape(-1)
+
+
 def check_scores(scores, name: str = "pred_scores") -> np.ndarray:
     """Scores as a float64 vector; refuses non-numeric, bool, complex, NaN and Inf values."""
-    s = as_numpy(scores, name).reshape(-1)
+    s = _as_vector(as_numpy(scores, name), name)
     _real_dtype(s, name)
     s = s.astype(np.float64)
     bad = ~np.isfinite(s)
@@ -137,7 +146,7 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     Accepted: bool, or integers / floats that are exactly 0 (normal) or 1 (anomalous).
     Anything else (−1, 2, 0.5, NaN, strings) raises: a label of −1 is *not* read as
     normal."""
-    y = as_numpy(labels, name).reshape(-1)
+    y = _as_vector(as_numpy(labels, name), name)
     if y.dtype == bool:
         return y
     _real_dtype(y, name)

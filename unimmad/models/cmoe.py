@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int, check_real
 from .layers import ConvGN, GroupNormReLU
 
 __all__ = [
@@ -164,10 +165,26 @@ class CMoE(nn.Module):
                  base_expert_std: float = 0.05, leader_std: float = 0.02,
                  z_loss_weight: float = 1e-4):
         super().__init__()
-        if top_k < 1 or top_k > num_leaders:
+        in_channels = check_int("in_channels", in_channels, low=1)
+        embed_dim = check_int("embed_dim", embed_dim, low=1)
+        num_base_experts = check_int("num_base_experts", num_base_experts, low=1)
+        num_leaders = check_int("num_leaders", num_leaders, low=1)
+        top_k = check_int("top_k", top_k, low=1)
+        if top_k > num_leaders:
             raise ValueError(f"top_k must be in [1, num_leaders={num_leaders}], got {top_k}")
-        if any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f"kernel_sizes must be odd and positive, got {tuple(kernel_sizes)}")
+        if isinstance(kernel_sizes, (str, bytes)) or not isinstance(kernel_sizes, (list, tuple)):
+            raise TypeError(f"kernel_sizes must be a list or tuple of odd positive ints, got "
+                            f"{kernel_sizes!r}")
+        if not kernel_sizes:
+            raise ValueError("kernel_sizes must name at least one branch, got ()")
+        kernel_sizes = tuple(check_int(f"kernel_sizes[{i}]", k, low=1)
+                             for i, k in enumerate(kernel_sizes))
+        if any(k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd and positive, got {kernel_sizes}")
+        temperature = check_real("temperature", temperature, low=0.0, low_open=True)
+        base_expert_std = check_real("base_expert_std", base_expert_std, low=0.0)
+        leader_std = check_real("leader_std", leader_std, low=0.0)
+        z_loss_weight = check_real("z_loss_weight", z_loss_weight, low=0.0)
         E = embed_dim
         self.in_channels, self.embed_dim, self.top_k = in_channels, E, top_k
         self.num_base_experts, self.num_leaders = num_base_experts, num_leaders
@@ -209,6 +226,16 @@ class CMoE(nn.Module):
             raise TypeError(
                 f"CMoE: general ({general.dtype}, {general.device}) and prior "
                 f"({prior.dtype}, {prior.device}) must share dtype and device")
+        param = self.key.conv.weight
+        if general.device != param.device:   # before any value is read (meta, other device)
+            raise ValueError(f"CMoE: general and prior are on {general.device} but the module "
+                             f"on {param.device}")
+        if general.dtype != param.dtype and not torch.is_autocast_enabled(general.device.type):
+            raise TypeError(
+                f"CMoE: general and prior are {general.dtype} but the module's parameters "
+                f"{param.dtype}; cast one of them or run under torch.autocast")
+        if 0 in general.shape[2:]:
+            raise ValueError(f"CMoE: general and prior have no pixels: {tuple(general.shape)}")
         if not isinstance(unit_to_sample, torch.Tensor) or unit_to_sample.dtype != torch.long:
             raise TypeError("CMoE: unit_to_sample must be a long tensor [U]")
         if unit_to_sample.shape != (prior.shape[0],):
@@ -219,6 +246,10 @@ class CMoE(nn.Module):
             raise TypeError("CMoE: unit_to_sample must be on the device of prior")
         if prior.shape[0] == 0:
             raise ValueError("CMoE: at least one unit is needed")
+        if self.training and prior.shape[0] * prior.shape[2] * prior.shape[3] == 1:
+            raise ValueError("CMoE: in training mode the condition's BatchNorm needs more than "
+                             "one value per channel, but prior is one unit of 1×1; pass more "
+                             "units or pixels, or call eval()")
         # On CUDA (and while compiling) this data-dependent check would synchronise.
         if unit_to_sample.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(unit_to_sample.min()), int(unit_to_sample.max())
@@ -226,6 +257,9 @@ class CMoE(nn.Module):
                 raise ValueError(
                     f"CMoE: unit_to_sample values must lie in [0, B={general.shape[0]}), "
                     f"got [{lo}, {hi}]")
+            for name, t in (("general", general), ("prior", prior)):
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"CMoE: {name} contains NaN or Inf values")
 
     # ----------------------------------------------------------------------------- forward
     def condition(self, key: torch.Tensor, prior: torch.Tensor,

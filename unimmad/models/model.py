@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..config import UniMMADConfig
 from ..losses import decompression_loss, moe_anneal_factor
 from ..scoring import anomaly_map as reference_anomaly_map
@@ -26,6 +27,14 @@ def pack_units(num_modalities: torch.Tensor, max_modalities: int
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Units of a batch: ``(unit_to_sample [U], unit_slot [U])``, samples in order and each
     sample's modalities in slot order (``U = Σ num_modalities``)."""
+    if (not isinstance(num_modalities, torch.Tensor) or num_modalities.dim() != 1
+            or num_modalities.is_floating_point() or num_modalities.is_complex()
+            or num_modalities.dtype == torch.bool):
+        raise TypeError(f"num_modalities must be a 1-D integer tensor [B], got "
+                        f"{getattr(num_modalities, 'dtype', type(num_modalities).__name__)} "
+                        f"{tuple(getattr(num_modalities, 'shape', ()))}")
+    if not isinstance(max_modalities, torch.SymInt):     # symbolic under torch.compile
+        max_modalities = check_int("max_modalities", max_modalities, low=1)
     B = num_modalities.shape[0]
     device = num_modalities.device
     slots = torch.arange(max_modalities, device=device).expand(B, max_modalities)
@@ -109,7 +118,8 @@ class UniMMAD(nn.Module):
             raise ValueError("images: the batch is empty")
         if not isinstance(num_modalities, torch.Tensor):
             raise TypeError("num_modalities must be a long tensor [B]")
-        if num_modalities.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if num_modalities.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                        torch.uint8):
             raise TypeError(f"num_modalities must be an integer tensor [B], got {num_modalities.dtype}")
         if num_modalities.shape != (images.shape[0],):
             raise ValueError(
@@ -132,6 +142,30 @@ class UniMMAD(nn.Module):
         if self.check_finite and not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or Inf values")
 
+    def check_units(self, units, num_modalities: torch.Tensor) -> None:
+        """``units`` of :meth:`features`: the pair ``(unit_to_sample [U], unit_slot [U])``
+        of long tensors on the device of ``num_modalities`` with, on the CPU, every unit a
+        modality the sample carries (what :func:`pack_units` gives)."""
+        if not isinstance(units, (tuple, list)) or len(units) != 2:
+            raise TypeError("units must be the pair (unit_to_sample, unit_slot) of pack_units")
+        for name, t in zip(("unit_to_sample", "unit_slot"), units):
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != 1:
+                raise TypeError(f"units: {name} must be a 1-D long tensor [U]")
+            if t.device != num_modalities.device:
+                raise ValueError(f"units: {name} is on {t.device} but num_modalities on "
+                                 f"{num_modalities.device}")
+        uts, slot = units
+        if uts.shape != slot.shape or uts.numel() == 0:
+            raise ValueError(f"units: unit_to_sample {tuple(uts.shape)} and unit_slot "
+                             f"{tuple(slot.shape)} must be one non-empty length")
+        if uts.device.type == "cpu" and not torch.compiler.is_compiling():
+            B = num_modalities.shape[0]
+            if int(uts.min()) < 0 or int(uts.max()) >= B:
+                raise ValueError(f"units: unit_to_sample values must lie in [0, B={B})")
+            if int(slot.min()) < 0 or bool((slot >= num_modalities[uts]).any()):
+                raise ValueError("units: unit_slot names a modality slot the sample does not "
+                                 "carry (slots 0 .. num_modalities - 1)")
+
     # --------------------------------------------------------------------------- forward
     def features(self, images: torch.Tensor, num_modalities: torch.Tensor,
                  units: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -141,10 +175,13 @@ class UniMMAD(nn.Module):
         synchronisation of packing (for CUDA graphs, and for ``torch.export``, where the
         boolean-mask packing would give data-dependent shapes).  ``validate`` overrides
         ``self.validate_inputs`` for this call (``False``: no check that reads values)."""
-        if self.validate_inputs if validate is None else validate:
+        validate = self.validate_inputs if validate is None else validate
+        if validate:
             self.check_inputs(images, num_modalities)
         num_modalities = num_modalities.long()
         B, M = images.shape[:2]
+        if units is not None and validate:
+            self.check_units(units, num_modalities)
         unit_to_sample, unit_slot = units if units is not None else pack_units(num_modalities, M)
         unit_images = images.flatten(0, 1)[unit_to_sample * M + unit_slot]
         raw = self.prior_generator(unit_images)                    # per unit, frozen
@@ -189,22 +226,27 @@ class UniMMAD(nn.Module):
         """``L = L_Dec + a(epoch)·L_MoE`` (SPEC §1).  Returns ``(total, parts)`` where
         ``parts`` holds ``dec``, ``moe`` (annealed), ``balance`` (un-annealed), ``anneal``,
         ``dec_levels``, ``balance_levels`` and the forward ``output``."""
+        # The arguments first: a bad epoch fails before the forward pass, not after it.
+        anneal = moe_anneal_factor(epoch, total_epochs, self.config.moe_anneal)
+        if self.validate_inputs:
+            self.check_inputs(images, num_modalities)
         if sample_weight is not None:
             if not isinstance(sample_weight, torch.Tensor) or sample_weight.shape != (images.shape[0],):
                 raise ValueError(
                     f"sample_weight must be a tensor [B={images.shape[0]}], got "
                     f"{getattr(sample_weight, 'shape', type(sample_weight).__name__)}")
+            if not sample_weight.is_floating_point():
+                raise TypeError(f"sample_weight must be a floating tensor, got {sample_weight.dtype}")
             if sample_weight.device != images.device:
                 raise ValueError("sample_weight must be on the device of images")
             if not bool(torch.isfinite(sample_weight).all()) or bool((sample_weight < 0).any()):
                 raise ValueError("sample_weight must be finite and non-negative")
-        out = self.features(images, num_modalities)
+        out = self.features(images, num_modalities, validate=False)
         dec, dec_levels = self.decompression_loss_fn(
             out.priors, out.predictions, out.unit_to_sample, sample_weight,
             self.config.focal_gamma)
         balance_levels = [a.balance_loss for a in out.aux]
         balance = torch.stack(balance_levels).mean()
-        anneal = moe_anneal_factor(epoch, total_epochs, self.config.moe_anneal)
         moe = anneal * balance
         total = dec + moe
         return total, {"dec": dec, "moe": moe, "balance": balance, "anneal": anneal,
