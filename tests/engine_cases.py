@@ -6,8 +6,9 @@ from torch.utils.data import Dataset
 class SyntheticSet(Dataset):
     """``n`` unified samples over ``classes`` with 1–2 modalities, deterministic per index."""
 
-    def __init__(self, n=12, classes=("a_syn", "b_syn", "c_syn"), size=64, seed=0):
-        self.n, self.size, self.seed = n, size, seed
+    def __init__(self, n=12, classes=("a_syn", "b_syn", "c_syn"), size=64, seed=0,
+                 dtype=torch.float32):
+        self.n, self.size, self.seed, self.dtype = n, size, seed, dtype
         self.names = [classes[i % len(classes)] for i in range(n)]
 
     @property
@@ -22,6 +23,6 @@ class SyntheticSet(Dataset):
         m = 1 + i % 2
         images = torch.zeros(4, 3, self.size, self.size)
         images[:m] = torch.randn(m, 3, self.size, self.size, generator=g)
-        return {"images": images, "num_modalities": m, "mask": torch.zeros(self.size, self.size),
+        return {"images": images.to(self.dtype), "num_modalities": m, "mask": torch.zeros(self.size, self.size),
                 "label": 0, "class_name": self.names[i], "dataset": "syn",
                 "loss_weight": 1.0 + (i % 3), "path": f"item{i}", "modalities": ["rgb"] * m}
