@@ -179,10 +179,15 @@ def _test_ids(ctx_names: List[str]) -> List[str]:
     for c in ctx_names:
         parts = c.split(".")
         for i in range(len(parts), 0, -1):
-            mod = os.path.join(*parts[:i]) + ".py"
-            if os.path.exists(os.path.join(ROOT, mod)):
-                ids.add(mod + "::" + "::".join(parts[i:]))
-                break
+            # tests/ has no __init__.py: its modules are named from tests/ itself
+            for base in ("", "tests"):
+                mod = os.path.join(base, *parts[:i]) + ".py"
+                if os.path.exists(os.path.join(ROOT, mod)):
+                    ids.add(mod + "::" + "::".join(parts[i:]))
+                    break
+            else:
+                continue
+            break
     return sorted(ids)
 
 
