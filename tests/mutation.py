@@ -237,7 +237,12 @@ def cmd_run(args) -> None:
     for i, m in enumerate(table):
         if (m["file"], m["line"], m["new"]) in done:
             continue
-        tests = _test_ids(lines.get(m["file"], {}).get(str(m["line"]), []))
+        file_lines = lines.get(m["file"], {})
+        tests = _test_ids(file_lines.get(str(m["line"]), []))
+        if not tests and str(m["line"]) in file_lines:
+            # executed only while importing (defaults, constants, decorators): no test context
+            # holds it, so the tests that run anything in the same file stand in
+            tests = _test_ids(sorted({t for v in file_lines.values() for t in v}))
         if args.max_tests and len(tests) > args.max_tests:
             # a fixed random subset: fewer tests can only let more mutants survive
             tests = sorted(random.Random(f"{m['file']}:{m['line']}").sample(tests,
