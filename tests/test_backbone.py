@@ -28,6 +28,17 @@ def test_trunk_levels_shapes():
     assert f1.shape == (2, 32, 16, 16) and f2.shape == (2, 64, 8, 8) and f3.shape == (2, 128, 4, 4)
 
 
+def test_classify_needs_the_top_and_gives_logits():
+    torch.manual_seed(0)
+    full = _small_full().eval()
+    with torch.no_grad():
+        logits = full.classify(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    trunk = WideResNet((1, 1, 1), base_planes=8).eval()
+    with pytest.raises(RuntimeError, match="include_top=False"):
+        trunk.classify(torch.randn(1, 3, 64, 64))
+
+
 def _small_full():
     return WideResNet((1, 1, 1, 1), base_planes=8, include_top=True, num_classes=10)
 
