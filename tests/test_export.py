@@ -219,9 +219,9 @@ def test_onnx_export_without_the_extra_says_how_to_install(tmp_path, monkeypatch
 
 
 def test_cli_export_fails_when_the_check_disagrees(tmp_path, monkeypatch, capsys):
-    import unimmad.export as ex
-    monkeypatch.setattr(ex, "save_torch", lambda *a, **k: None)  # no export: CLI logic only
-    monkeypatch.setattr(ex, "verify_export", lambda *a, **k: {
+    import unimmad.cli as cli  # the names the CLI calls (imported at the top of cli.py)
+    monkeypatch.setattr(cli, "save_torch", lambda *a, **k: None)  # no export: CLI logic only
+    monkeypatch.setattr(cli, "verify_export", lambda *a, **k: {
         "map_rel_err": 3e-2, "score_rel_err": 1e-7, "routing_equal": False, "ok": False,
         "tol": 1e-4, "batch_size": 3})
     assert main(["export", "--format", "torch", "--set", "preset=tiny", "--modalities", "1",
