@@ -234,6 +234,26 @@ def test_predict_pairs_folders_by_name_and_uses_class_thresholds(small, tmp_path
                       class_name="nope", progress=False)
 
 
+def test_predict_in_batches_keeps_each_item_its_own_row_and_map(small, tmp_path):
+    d = os.path.join(small["paths"]["mvtec3d"], "plate", "test", "good")
+    items = expand_items([f"{d}/rgb,{d}/xyz"])
+    assert len(items) == 3
+    one = predict_files(small["model"], items, str(tmp_path / "one"), batch_size=1,
+                        progress=False, overlays=False, thresholds=small["report"].thresholds,
+                        class_name="plate_demo3d")
+    two = predict_files(small["model"], items, str(tmp_path / "two"), batch_size=2,
+                        progress=False, overlays=False, thresholds=small["report"].thresholds,
+                        class_name="plate_demo3d")
+    assert [r["item"] for r in two] == [0, 1, 2]
+    assert [r["files"] for r in two] == [";".join(it) for it in items]
+    assert len({r["map"] for r in two}) == 3
+    for a, b in zip(one, two):  # a batch of 2 + a batch of 1 gives each item its own outputs
+        assert b["score"] == pytest.approx(a["score"], rel=1e-5, abs=1e-7)
+        np.testing.assert_allclose(np.load(tmp_path / "two" / b["map"]),
+                                   np.load(tmp_path / "one" / a["map"]), rtol=1e-5, atol=1e-6)
+    assert len({r["score"] for r in two}) == 3  # distinct items: a mix-up would show
+
+
 def test_expand_items_errors_name_the_input(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -88,6 +88,8 @@ def test_every_kernel_compiles_for_sm90_without_spills(specs, tmp_path):
     # the specialisations of real channels-last / NCHW tensors: unit channel stride and
     # sizes divisible by 16 at paper dimensions; none of it at odd sizes
     paper_bf16 = by_case[("_dyn_conv_kernel", "paper k=5 bfloat16 tf32")]
+    assert {r["dtype"] for r in paper_bf16} == {"bfloat16"}
+    assert {r["dtype"] for r in by_case[("_dyn_conv_kernel", "paper k=5 float32 ieee")]} == {"float32"}
     for r in paper_bf16:
         assert "sxc" in r["const1"] and {"Ci", "Co", "H", "W", "sxh", "sxw"} <= set(r["div16"])
         assert r["cp_async_16B"] > 0 and r["mma"] == "wgmma", table
