@@ -486,3 +486,9 @@ def test_gray_normalisation_switch(roots):
     root, _ = roots["liverct"]
     raw = D.LiverCT(root, "train", preprocess=PRE.replace(normalize_gray=False))[0]["images"][0]
     assert 0.0 <= float(raw.min()) and float(raw.max()) <= 1.0
+    # the documented default: gray modalities get the ImageNet normalisation too
+    assert D.Preprocess().normalize_gray is True
+    norm = D.LiverCT(root, "train", preprocess=PRE)[0]["images"][0]
+    mean = torch.tensor((0.485, 0.456, 0.406))[:, None, None]
+    std = torch.tensor((0.229, 0.224, 0.225))[:, None, None]
+    torch.testing.assert_close(norm, (raw - mean) / std, rtol=1e-5, atol=1e-5)
