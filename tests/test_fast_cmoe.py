@@ -135,6 +135,39 @@ def test_custom_op_registration_and_gradients(op):
     assert torch.autograd.gradcheck(lambda *t: fn(*t), args)
 
 
+def _op_args(op):
+    d = dict(dtype=torch.float64)
+    if op == "dyn_conv":
+        k = 3
+        return torch.ops.unimmad.dyn_conv.default, [
+            torch.randn(2, 3, 4, 5, **d), torch.randn(2, 4, 3 * k * k, **d),
+            torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1]), k, False, False, "torch", "ieee"], (0, 1)
+    if op == "compose":
+        return torch.ops.unimmad.compose.default, [
+            torch.randn(3, 4, 6, **d), torch.randn(5, 3, 4, **d), torch.tensor([[0, 4], [2, 1]]),
+            torch.rand(2, 2, **d), "torch"], (0, 1, 3)
+    return torch.ops.unimmad.mix.default, [
+        torch.randn(4, 6, **d), torch.randn(5, 4, 6, **d), torch.tensor([[0, 4], [2, 2]]),
+        torch.rand(2, 2, **d), "torch"], (0, 1, 3)
+
+
+@pytest.mark.parametrize("op", ["dyn_conv", "compose", "mix"])
+def test_custom_op_gradient_of_each_input_alone(op):
+    """Frozen weights with a trainable input (and the reverse) are common in training: the
+    gradient of each input, when it is the only one that needs it, equals its gradient when
+    all need it (a backward that reads the wrong needs_input_grad slot drops it)."""
+    torch.manual_seed(0)
+    fn, args, diff = _op_args(op)
+    full = [a.clone().requires_grad_(True) if i in diff else a for i, a in enumerate(args)]
+    out = fn(*full)
+    g_out = torch.randn_like(out)
+    ref = torch.autograd.grad(out, [full[i] for i in diff], g_out)
+    for j, i in enumerate(diff):
+        one = [a.clone().requires_grad_(n == i) if n in diff else a for n, a in enumerate(args)]
+        (g,) = torch.autograd.grad(fn(*one), [one[i]], g_out)
+        torch.testing.assert_close(g, ref[j], rtol=1e-12, atol=1e-12, msg=f"input {i} of {op}")
+
+
 @pytest.mark.interpreter
 def test_triton_cmoe_feeds_the_conv_channels_last_and_keeps_gradients_so(monkeypatch):
     """The branch values are GroupNorm outputs (NCHW); the fused C-MoE converts them before
