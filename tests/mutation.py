@@ -147,29 +147,81 @@ def cmd_coverage(args) -> None:
     """Run the suite once under coverage with one context per test; store, per package
     line, the test node ids that executed it."""
     os.makedirs(args.out, exist_ok=True)
-    data = os.path.join(os.path.abspath(args.out), ".coverage")
+    tag = "-merge" if args.merge else ""
+    data = os.path.join(os.path.abspath(args.out), ".coverage" + tag)
     rc = os.path.join(os.path.abspath(args.out), "coveragerc")
     with open(rc, "w") as f:
         f.write(f"[run]\nsource = {','.join(PACKAGES)}\ndynamic_context = test_function\n"
                 f"data_file = {data}\n")
     env = dict(os.environ, COVERAGE_RCFILE=rc)
+    if os.path.exists(data):
+        os.remove(data)
+    junit = os.path.join(os.path.abspath(args.out), f"junit{tag}.xml")
     subprocess.run([sys.executable, "-m", "coverage", "run", "--rcfile", rc, "-m", "pytest",
-                    "-q", "-p", "no:cacheprovider"] + args.pytest_args,
+                    "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"] + args.pytest_args,
                    cwd=ROOT, env=env, check=False)
     import coverage
     cov = coverage.Coverage(data_file=data)
     cov.load()
     cd = cov.get_data()
-    table: Dict[str, Dict[str, List[str]]] = {}
+    # --merge: the tests just run are added to the map of an earlier full run (the
+    # package's lines must not have moved since; the tool checks the files' hashes)
+    table: Dict[str, Dict[str, List[str]]] = _context_map(args.out) if args.merge else {}
+    hashes = _package_hashes()
+    if args.merge:
+        old = _load_json(os.path.join(args.out, "hashes.json"), {})
+        moved = sorted(f for f in set(old) | set(hashes) if old.get(f) != hashes.get(f))
+        if moved:
+            raise SystemExit(f"--merge: package files changed since the full coverage run "
+                             f"({', '.join(moved[:5])}); run coverage without --merge")
     for fpath in cd.measured_files():
         rel = os.path.relpath(fpath, ROOT)
         if not rel.startswith(PACKAGES):
             continue
         ctx = cd.contexts_by_lineno(fpath)
-        table[rel] = {str(k): sorted({c.split("|")[0] for c in v if c}) for k, v in ctx.items()}
+        lines = table.setdefault(rel, {})
+        for k, v in ctx.items():
+            lines[str(k)] = sorted(set(lines.get(str(k), [])) | {c.split("|")[0] for c in v if c})
     with open(os.path.join(args.out, "lines.json"), "w") as f:
         json.dump(table, f)
+    durations = _load_json(os.path.join(args.out, "durations.json"), {}) if args.merge else {}
+    durations.update(_junit_durations(junit))
+    with open(os.path.join(args.out, "durations.json"), "w") as f:
+        json.dump(durations, f)
+    if not args.merge:
+        with open(os.path.join(args.out, "hashes.json"), "w") as f:
+            json.dump(hashes, f)
     print(f"coverage contexts for {len(table)} files written to {args.out}/lines.json")
+
+
+def _load_json(path: str, default):
+    return json.load(open(path)) if os.path.exists(path) else default
+
+
+def _package_hashes() -> Dict[str, str]:
+    import hashlib
+    return {p: hashlib.sha256(open(os.path.join(ROOT, p), "rb").read()).hexdigest()
+            for p in _package_files()}
+
+
+def _junit_durations(path: str) -> Dict[str, float]:
+    """Seconds per test function (parametrisations summed) from pytest's junit XML, keyed
+    like ``_test_ids``: ``tests/test_x.py::Class::test``."""
+    import xml.etree.ElementTree as ET
+    if not os.path.exists(path):
+        return {}
+    out: Dict[str, float] = {}
+    for case in ET.parse(path).iter("testcase"):
+        parts = case.get("classname", "").split(".")
+        name = case.get("name", "").split("[")[0]
+        # classname is "tests.test_x" or "tests.test_x.Class"
+        for i in range(len(parts), 0, -1):
+            path_ = os.path.join(*parts[:i]) + ".py"
+            if os.path.exists(os.path.join(ROOT, path_)):
+                key = "::".join([path_] + parts[i:] + [name])
+                out[key] = out.get(key, 0.0) + float(case.get("time", 0) or 0)
+                break
+    return out
 
 
 def _test_ids(ctx_names: List[str]) -> List[str]:
@@ -226,6 +278,7 @@ def _apply(tree_root: str, m: Dict) -> str:
 def cmd_run(args) -> None:
     table = json.load(open(os.path.join(args.out, "mutants.json")))
     lines = _context_map(args.out)
+    durations = _load_json(os.path.join(args.out, "durations.json"), {})
     work = tempfile.mkdtemp(prefix="unimmad-mut-")
     tree = os.path.join(work, "tree")
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
@@ -247,6 +300,9 @@ def cmd_run(args) -> None:
             # a fixed random subset: fewer tests can only let more mutants survive
             tests = sorted(random.Random(f"{m['file']}:{m['line']}").sample(tests,
                                                                            args.max_tests))
+        # fastest first (a test not timed yet, i.e. added since, before all): the verdict
+        # does not depend on the order, only how soon -x stops on a killed mutant
+        tests.sort(key=lambda t: (durations.get(t, 0.0), t))
         if not tests and lines:
             results.append(dict(m, status="survived", reason="no test runs this line",
                                 tests=0, seconds=0.0))
@@ -286,6 +342,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("coverage", help="run the suite under coverage (test contexts)")
     c.add_argument("--out", required=True)
+    c.add_argument("--merge", action="store_true",
+                   help="add the contexts of the tests run now (e.g. tests added since) to the "
+                        "map of the last full run instead of replacing it")
     c.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
     c.set_defaults(func=cmd_coverage)
     c = sub.add_parser("list", help="draw a table of one-line mutants")
