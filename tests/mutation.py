@@ -151,17 +151,22 @@ def cmd_coverage(args) -> None:
     data = os.path.join(os.path.abspath(args.out), ".coverage" + tag)
     rc = os.path.join(os.path.abspath(args.out), "coveragerc")
     with open(rc, "w") as f:
+        # subprocesses too (CLI and compile-check tests): each gets its test's name as
+        # static context from the root conftest.py; every process writes its own file
         f.write(f"[run]\nsource = {','.join(PACKAGES)}\ndynamic_context = test_function\n"
-                f"data_file = {data}\n")
-    env = dict(os.environ, COVERAGE_RCFILE=rc)
-    if os.path.exists(data):
-        os.remove(data)
+                f"data_file = {data}\nparallel = True\npatch = subprocess\n")
+    env = dict(os.environ, COVERAGE_RCFILE=rc, UNIMMAD_MUTATION_COVERAGE="1")
+    for stale in os.listdir(args.out):
+        if stale.startswith(os.path.basename(data)):
+            os.remove(os.path.join(args.out, stale))
     junit = os.path.join(os.path.abspath(args.out), f"junit{tag}.xml")
     subprocess.run([sys.executable, "-m", "coverage", "run", "--rcfile", rc, "-m", "pytest",
                     "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"] + args.pytest_args,
                    cwd=ROOT, env=env, check=False)
     import coverage
     cov = coverage.Coverage(data_file=data)
+    cov.combine(keep=False)
+    cov.save()
     cov.load()
     cd = cov.get_data()
     # --merge: the tests just run are added to the map of an earlier full run (the
