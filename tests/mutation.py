@@ -199,6 +199,34 @@ def cmd_coverage(args) -> None:
     print(f"coverage contexts for {len(table)} files written to {args.out}/lines.json")
 
 
+def _statement_starts(path: str) -> Dict[int, int]:
+    """Line -> first line of the innermost statement holding it.  Coverage records a
+    statement that spans lines (a call's continuation lines, a literal table, a ``for``
+    header over a list) on its first line only; a mutant on a later line is run by the
+    tests of that first line."""
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    start: Dict[int, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            body = [s for f in ("body", "orelse", "finalbody", "handlers")
+                    for s in getattr(node, f, []) or []]
+            inner = {ln for s in body for ln in range(s.lineno, s.end_lineno + 1)}
+            for ln in range(first, node.end_lineno + 1):
+                if ln not in inner and start.get(ln, 0) < first:
+                    start[ln] = first
+    return start
+
+
+def _line_contexts(file_lines: Dict[str, List[str]], path: str, line: int):
+    """The coverage entry of a mutant's line (its statement's first line when coverage has
+    none for the line itself); None when no test executes it."""
+    if str(line) in file_lines:
+        return file_lines[str(line)]
+    first = _statement_starts(path).get(line)
+    return file_lines.get(str(first)) if first is not None else None
+
+
 def _load_json(path: str, default):
     return json.load(open(path)) if os.path.exists(path) else default
 
@@ -253,7 +281,8 @@ def cmd_list(args) -> None:
     allm = [m for p in _package_files() for m in _mutants_of(p)]
     lines = _context_map(args.out)
     if args.covered_only and lines:
-        allm = [m for m in allm if lines.get(m["file"], {}).get(str(m["line"]))]
+        allm = [m for m in allm
+                if _line_contexts(lines.get(m["file"], {}), m["file"], m["line"])]
     # at most one mutant per line, then a random sample
     by_line: Dict[tuple, List[Dict]] = {}
     for m in allm:
@@ -296,8 +325,9 @@ def cmd_run(args) -> None:
         if (m["file"], m["line"], m["new"]) in done:
             continue
         file_lines = lines.get(m["file"], {})
-        tests = _test_ids(file_lines.get(str(m["line"]), []))
-        if not tests and str(m["line"]) in file_lines:
+        contexts = _line_contexts(file_lines, m["file"], m["line"])
+        tests = _test_ids(contexts or [])
+        if not tests and contexts is not None:
             # executed only while importing (defaults, constants, decorators): no test context
             # holds it, so the tests that run anything in the same file stand in
             tests = _test_ids(sorted({t for v in file_lines.values() for t in v}))
