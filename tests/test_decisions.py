@@ -318,3 +318,45 @@ def test_every_overlay_of_a_class_uses_that_class_scale(small, tmp_path, monkeyp
         assert kw["prediction"].endswith(f"ground truth {truth}: " + (
             "correct" if right else "missed" if kw["gt_label"] else "false alarm"))
         assert os.path.basename(path).startswith(("highest", "lowest"))
+
+
+def test_predicted_mask_is_at_the_files_resolution(small, tmp_path):
+    """A file of another size than the model's input gets its mask at its own size: the
+    map resized bilinearly (corners not aligned), then thresholded."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    src = tmp_path / "odd.png"
+    Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(src)
+    th = small["report"].thresholds
+    out = str(tmp_path / "p")
+    rows = predict_files(small["model"], [[str(src)]], out, thresholds=th, progress=False,
+                         overlays=False)
+    amap = np.load(os.path.join(out, rows[0]["map"]))
+    mask = np.asarray(Image.open(os.path.join(out, rows[0]["mask"])))
+    assert amap.shape == (64, 64) and mask.shape == (40, 52)
+    up = torch.nn.functional.interpolate(torch.from_numpy(amap)[None, None], size=(40, 52),
+                                         mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.array_equal(mask == 255, up >= th["overall"]["pixel"]["threshold"])
+
+
+def test_a_depth_file_given_as_a_gray_image_counts_zero_as_invalid(tmp_path):
+    """``load_item`` with ``modalities=["rgb", "depth"]``: a 2-D depth's zeros (and
+    non-finite values) are the invalid pixels filled by the depth rule."""
+    import tifffile
+    from unimmad.data import Preprocess
+    from unimmad.engine.predict import _modality_of, load_item
+    z = np.random.default_rng(1).uniform(0.4, 0.6, (8, 8)).astype(np.float32)
+    z[:2] = 0.0
+    z[2, 0] = np.nan
+    p = tmp_path / "d.tiff"
+    tifffile.imwrite(str(p), z)
+    m = _modality_of(str(p), None)
+    assert m.name == "depth" and m.valid.sum() == 64 - 17
+    assert not m.valid[:2].any() and not m.valid[2, 0]
+    rgb = tmp_path / "c.png"
+    from PIL import Image
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(rgb)
+    item = load_item([str(rgb), str(p)], Preprocess(image_size=8, max_modalities=3),
+                     modalities=["rgb", "depth"])
+    assert item.shape == (3, 3, 8, 8) and torch.isfinite(item).all()
+    assert (item[2] == 0).all() and item[1].abs().sum() > 0
