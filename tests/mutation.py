@@ -179,14 +179,7 @@ def cmd_coverage(args) -> None:
         if moved:
             raise SystemExit(f"--merge: package files changed since the full coverage run "
                              f"({', '.join(moved[:5])}); run coverage without --merge")
-    for fpath in cd.measured_files():
-        rel = os.path.relpath(fpath, ROOT)
-        if not rel.startswith(PACKAGES):
-            continue
-        ctx = cd.contexts_by_lineno(fpath)
-        lines = table.setdefault(rel, {})
-        for k, v in ctx.items():
-            lines[str(k)] = sorted(set(lines.get(str(k), [])) | {c.split("|")[0] for c in v if c})
+    _add_contexts(table, cd)
     with open(os.path.join(args.out, "lines.json"), "w") as f:
         json.dump(table, f)
     durations = _load_json(os.path.join(args.out, "durations.json"), {}) if args.merge else {}
@@ -225,6 +218,19 @@ def _line_contexts(file_lines: Dict[str, List[str]], path: str, line: int):
         return file_lines[str(line)]
     first = _statement_starts(path).get(line)
     return file_lines.get(str(first)) if first is not None else None
+
+
+def _add_contexts(table: Dict[str, Dict[str, List[str]]], cd) -> None:
+    """Per package line, the test contexts of coverage data ``cd`` that ran it.  The empty
+    context (the line ran outside any test: at import, in the main process) is kept as
+    ``""``: such a line is then also run by every test of its file (``cmd_run``)."""
+    for fpath in cd.measured_files():
+        rel = os.path.relpath(fpath, ROOT)
+        if not rel.startswith(PACKAGES):
+            continue
+        lines = table.setdefault(rel, {})
+        for k, v in cd.contexts_by_lineno(fpath).items():
+            lines[str(k)] = sorted(set(lines.get(str(k), [])) | {c.split("|")[0] for c in v})
 
 
 def _load_json(path: str, default):
@@ -327,10 +333,12 @@ def cmd_run(args) -> None:
         file_lines = lines.get(m["file"], {})
         contexts = _line_contexts(file_lines, m["file"], m["line"])
         tests = _test_ids(contexts or [])
-        if not tests and contexts is not None:
-            # executed only while importing (defaults, constants, decorators): no test context
-            # holds it, so the tests that run anything in the same file stand in
-            tests = _test_ids(sorted({t for v in file_lines.values() for t in v}))
+        if contexts is not None and (not tests or "" in contexts):
+            # executed while importing (defaults, constants, decorators): no test context
+            # holds it (or only tests whose subprocesses imported it), so every test that
+            # runs anything in the same file stands in
+            tests = sorted(set(tests) | set(_test_ids(sorted(
+                {t for v in file_lines.values() for t in v}))))
         if args.max_tests and len(tests) > args.max_tests:
             # a fixed random subset: fewer tests can only let more mutants survive
             tests = sorted(random.Random(f"{m['file']}:{m['line']}").sample(tests,
