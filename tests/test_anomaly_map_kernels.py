@@ -253,6 +253,30 @@ def test_image_score_large_k_uses_topk():
     torch.testing.assert_close(got, unimmad.image_score(m, 0.9))
 
 
+@pytest.mark.interpreter
+def test_sort_kernel_takes_k_up_to_1024_and_topk_beyond(monkeypatch):
+    """The score kernel sorts candidate blocks for k ≤ 1024 (its register budget on the
+    GPU); k = 1025 goes to ``torch.topk``.  Both give the mean of the top k."""
+    launches = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(amap_triton, "_topk_kernel", Counting(amap_triton._topk_kernel))
+    m = torch.rand(2, 33, 32, dtype=torch.float64)
+    for k in (1024, 1025):
+        launches.clear()
+        got = amap_triton.image_score(m.float().to(DEV), k)
+        ref = m.reshape(2, -1).sort(1, descending=True).values[:, :k].mean(1)
+        assert_rel(got, ref.to(DEV), TOL["fp32"], f"score k={k}")
+        assert bool(launches) == (k <= 1024), (k, launches)
+
+
 # ----------------------------------------------------------------------------- loss
 def _loss_case(backend, channels_last, dtype=torch.float32, u_grad=True, weight=True,
                gamma=2.0):
