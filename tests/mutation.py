@@ -233,6 +233,30 @@ def _add_contexts(table: Dict[str, Dict[str, List[str]]], cd) -> None:
             lines[str(k)] = sorted(set(lines.get(str(k), [])) | {c.split("|")[0] for c in v})
 
 
+def _importers(path: str) -> List[str]:
+    """Test files that import the module at ``path`` by name (``import a.b.c``, ``from
+    a.b.c import x``, ``from a.b import c``): a test reading only a module constant (e.g. a
+    tolerance table) runs no line of it inside the test, so coverage cannot name it."""
+    import re
+    dotted = path[:-3].replace(os.sep, ".")
+    if dotted.endswith(".__init__"):
+        dotted = dotted[:-9]
+    pkg, _, name = dotted.rpartition(".")
+    pats = [rf"^\s*(from|import)\s+{re.escape(dotted)}\b"]
+    if pkg:
+        pats.append(rf"^\s*from\s+{re.escape(pkg)}\s+import\s+[^#\n]*\b{re.escape(name)}\b")
+    found = []
+    for base in ("tests", "benchmarks"):
+        folder = os.path.join(ROOT, base)
+        for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if not (f.startswith("test_") and f.endswith(".py")):
+                continue
+            text = open(os.path.join(folder, f), encoding="utf-8").read()
+            if any(re.search(p, text, re.M) for p in pats):
+                found.append(f"{base}/{f}")
+    return found
+
+
 def _load_json(path: str, default):
     return json.load(open(path)) if os.path.exists(path) else default
 
@@ -338,14 +362,15 @@ def cmd_run(args) -> None:
             # holds it (or only tests whose subprocesses imported it), so every test that
             # runs anything in the same file stands in
             tests = sorted(set(tests) | set(_test_ids(sorted(
-                {t for v in file_lines.values() for t in v}))))
+                {t for v in file_lines.values() for t in v}))) | set(_importers(m["file"])))
         if args.max_tests and len(tests) > args.max_tests:
             # a fixed random subset: fewer tests can only let more mutants survive
             tests = sorted(random.Random(f"{m['file']}:{m['line']}").sample(tests,
                                                                            args.max_tests))
         # fastest first (a test not timed yet, i.e. added since, before all): the verdict
         # does not depend on the order, only how soon -x stops on a killed mutant
-        tests.sort(key=lambda t: (durations.get(t, 0.0), t))
+        tests.sort(key=lambda t: (durations.get(t, 0.0) if "::" in t else sum(
+            v for k, v in durations.items() if k.startswith(t + "::")), t))
         if not tests and lines:
             results.append(dict(m, status="survived", reason="no test runs this line",
                                 tests=0, seconds=0.0))
