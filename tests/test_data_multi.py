@@ -77,6 +77,8 @@ def test_sampler_determinism_and_epochs(parts):
     assert first != second
     s.set_epoch(0)
     assert list(s) == first
+    s.set_epoch(1)                    # the second iteration was epoch 1: one step per pass
+    assert list(s) == second
 
 
 def test_collate_batch_format(parts):
