@@ -243,3 +243,43 @@ def test_resume_of_a_checkpoint_with_a_lambda_schedule_keeps_its_length(data, tm
 def test_bad_resume_schedule_is_refused():
     with pytest.raises(ValueError, match="resume_schedule must be one of"):
         TrainConfig(resume_schedule="restart")
+
+
+class _RecordingTrainer:
+    """Stands in for the Trainer: records what ``unimmad train`` built, trains nothing."""
+    seen = {}
+
+    def __init__(self, model, train_set, config, info):
+        _RecordingTrainer.seen.update(model=model, train_set=train_set, config=config)
+        self.trainable_share, self.epoch = 1.0, 0
+        self.checkpoint_path = self.weights_path = config.out_dir
+
+    def resume(self, path):
+        raise AssertionError("no resume asked")
+
+    def fit(self):
+        pass
+
+
+@pytest.mark.parametrize("fraction, replayed", [(None, 1), (1.0, 2)])
+def test_train_with_replay_mixes_in_each_earlier_class(data, tmp_path, monkeypatch, fraction,
+                                                      replayed):
+    """``data.replay`` builds the earlier classes' readers and mixes ``fraction`` (default
+    1 %, at least one item) of each into the new task's training set."""
+    import unimmad.cli as cli
+    monkeypatch.setattr(cli, "Trainer", _RecordingTrainer)
+    argv = ["train", "--quiet", "--set", "preset=tiny", "data.train.0.name=mvtec3d",
+            f"data.train.0.root={data['mvtec3d']}", "data.train.0.classes=[plate]",
+            "data.replay.earlier.0.name=mvtec3d", f"data.replay.earlier.0.root={data['mvtec3d']}",
+            "data.replay.earlier.0.classes=[tile]", f"train.out_dir={tmp_path / 'r'}"]
+    if fraction is not None:
+        argv.append(f"data.replay.fraction={fraction}")
+    assert main(argv) == 0
+    ts = _RecordingTrainer.seen["train_set"]
+    new = len(ts.new_task)
+    earlier_items = len(ts) - new
+    # 2 tile training items: 1 % → 1 (at least one), 100 % → 2
+    assert ts.replayed == earlier_items == replayed and new == 2
+    assert sorted(set(ts.class_names)) == ["plate_mvtec3d", "tile_mvtec3d"]
+    saved = json.load(open(tmp_path / "r" / "run_config.json"))
+    assert saved["data"]["replay"]["earlier"][0]["classes"] == ["tile"]
