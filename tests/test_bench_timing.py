@@ -1,6 +1,8 @@
 """The CPU timing helper of unimmad.bench: each timed call's duration, not a clock reading."""
 import time
 
+import pytest
+
 from unimmad.bench.timing import time_calls
 
 
@@ -18,3 +20,17 @@ def test_time_calls_measures_each_timed_call():
     assert len(calls) == 5 and out == 5 and len(times) == 3  # warm-up calls are not timed
     assert all(0.02 <= t <= wall for t in times)
     assert sum(times) <= wall
+
+
+def test_summary_statistics_of_known_times():
+    from unimmad.bench.timing import quantile, summarize
+    times = [0.004, 0.001, 0.003, 0.002, 0.010]             # seconds
+    s = summarize(times, batch=4)
+    assert s["latency_median_ms"] == pytest.approx(3.0)
+    assert s["latency_min_ms"] == pytest.approx(1.0)
+    assert s["latency_max_ms"] == pytest.approx(10.0)
+    # linear-interpolation quartiles of [1, 2, 3, 4, 10] ms: 2 and 4
+    assert s["latency_iqr_ms"] == pytest.approx(2.0)
+    assert s["samples_per_s"] == pytest.approx(4 / 0.003)
+    assert quantile([1.0, 2.0], 0.25) == pytest.approx(1.25)
+    assert quantile([5.0], 0.9) == 5.0

@@ -492,3 +492,31 @@ def test_gray_normalisation_switch(roots):
     mean = torch.tensor((0.485, 0.456, 0.406))[:, None, None]
     std = torch.tensor((0.229, 0.224, 0.225))[:, None, None]
     torch.testing.assert_close(norm, (raw - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_mulsen_label_rows_are_matched_by_name_not_order(tmp_path):
+    """The label file's rows name their sample (``object`` column): listed out of order,
+    each sample still gets its own row; rows naming other files fall back to file order."""
+    import csv
+    root = tmp_path / "mulsen"
+    F.make_mulsen(root, pointcloud=False)
+    path = root / "capsule" / "RGB" / "GT" / "crack" / "data.csv"
+    rows = {"0": (1, 1, 1), "1": (0, 1, 0), "2": (1, 0, 0)}
+
+    def labels(order, names):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["object", "label1", "label2", "label3"])
+            for k, name in zip(order, names):
+                w.writerow([name, *rows[k]])
+        te = D.MulSenAD(root, "test", modalities=("rgb",), preprocess=PRE)
+        return {Path(r.files[0][1]).stem: r.label for r in te.records
+                if Path(r.files[0][1]).parent.name == "crack"}
+
+    # RGB labels: 0 → 1, 1 → 0, 2 → 1, whatever the row order
+    assert labels(["2", "0", "1"], ["2.png", "0.png", "1.png"]) == {"0": 1, "1": 0, "2": 1}
+    assert labels(["1", "2", "0"], ["1", "2", "0"]) == {"0": 1, "1": 0, "2": 1}
+    # names that are not the files' stems: the rows are taken in file order
+    assert labels(["0", "1", "2"], ["a", "b", "c"]) == {"0": 1, "1": 0, "2": 1}
+    with pytest.raises(D.MissingPathError, match=r"crack/1.png: mask of sample 1 not found"):
+        labels(["2", "0", "1"], ["a", "b", "c"])       # order says 1 is an RGB defect

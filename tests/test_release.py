@@ -485,3 +485,22 @@ def test_embedding_autocast_is_validated_and_round_trips():
     assert UniMMADConfig.from_dict(json.loads(cfg.to_json())) == cfg
     assert UniMMADConfig.from_dict({k: v for k, v in TINY.to_dict().items()
                                     if k != "embedding_autocast"}).embedding_autocast is None
+
+
+def test_problems_name_each_parts_file_with_the_release_names_by_default():
+    """``names`` labels the entries of the error; a part it does not name is labelled with
+    the release's file name (model.safetensors / model_1 / model_2)."""
+    sd = UniMMAD(TINY).state_dict()
+    parts = to_release_state_dicts(sd, TINY)
+    parts["encoder"].pop("0.model.layer2.0.bn1.running_var")
+    parts["embedding"].pop("shortcut.weight")
+    parts["cmoe"].pop("0.conv_cond.0.1.num_batches_tracked")
+    with pytest.raises(ReleaseCheckpointError) as e:
+        from_release_state_dicts(parts, TINY, names={"encoder": "pytorch_model.bin"})
+    msg = str(e.value)
+    assert "pytorch_model.bin: 0.model.layer2.0.bn1.running_var" in msg
+    assert "model_1.safetensors: shortcut.weight" in msg
+    assert "model_2.safetensors: 0.conv_cond.0.1.num_batches_tracked" in msg
+    with pytest.raises(ReleaseCheckpointError) as e:
+        from_release_state_dicts(parts, TINY)
+    assert "model.safetensors: 0.model.layer2.0.bn1.running_var" in str(e.value)
