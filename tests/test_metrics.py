@@ -534,3 +534,35 @@ def test_report_nan_classes_are_skipped_in_means():
     js = json.loads(rep.to_json())
     assert js["per_class"][1]["image_AUROC"] is None         # NaN → null in JSON
     assert "–" in rep.to_markdown()
+
+
+def test_binned_auroc_bound_is_exactly_the_in_bin_ordering_range():
+    """The pixel-AUROC bound is tight: two pixel sets with the same histogram — in every
+    bin one defect and one normal pixel strictly inside the bin, ordered best-first in one
+    set and worst-first in the other — have exact AUROCs exactly ``binned ± bound``."""
+    bins, nb = 16, 6                                  # 6 occupied interior bins
+    w = 1.0 / bins
+
+    def pixel_set(best):
+        vals, pos = [0.0, 1.0], [False, True]         # fix the range to [0, 1]
+        for b in range(2, 2 + nb):
+            c = (b + 0.5) * w
+            lo, hi = c - 0.1 * w, c + 0.1 * w
+            vals += [c - 0.4 * w, c + 0.4 * w, lo, hi]  # the bin's min and max: normal
+            pos += [False, False, not best, best]        # the inner pair decides the order
+        maps = np.array(vals, np.float64).reshape(1, 1, -1)
+        return maps, np.array(pos).reshape(1, 1, -1)
+
+    got = {}
+    for best in (True, False):
+        maps, masks = pixel_set(best)
+        exact = M.compute(np.array([1.0]), np.array([True]), maps, masks)["pixel_AUROC"]
+        acc = M.MetricAccumulator(pixel_bins=bins)
+        acc.update(np.array([1.0]), np.array([True]), maps, masks)
+        got[best] = (exact, acc.compute()["pixel_AUROC"], acc.error_bounds()["pixel_AUROC"])
+    (e_best, b1, bound1), (e_worst, b2, bound2) = got[True], got[False]
+    assert b1 == b2 and bound1 == bound2                         # one histogram
+    N, P = 1 + 3 * nb, 1 + nb
+    assert e_best - e_worst == pytest.approx(nb / (N * P), rel=1e-12)
+    assert bound1 == pytest.approx((e_best - e_worst) / 2, rel=1e-12)
+    assert b1 == pytest.approx((e_best + e_worst) / 2, rel=1e-12)
