@@ -247,3 +247,13 @@ def test_single_process_defaults(cls):
     d = _d(getattr(distributed, cls))
     assert (d["rank"], d["world_size"]) == (0, 1)
     assert d.get("local_rank", 0) == 0 and d.get("seed", 0) == 0
+
+
+def test_compile_check_limits_are_hoppers():
+    pytest.importorskip("triton")
+    from kernels import compile_check
+    # sm_90: at most 227 KiB of shared memory per block (CUDA programming guide, compute
+    # capability 9.0); the check compiles for that target by default
+    assert compile_check.SHARED_LIMIT == 227 * 1024
+    assert _d(compile_check.compile_specs)["capability"] == 90
+    assert {"_dyn_conv_kernel", "_wgrad_kernel"} <= set(compile_check.NO_SPILL)
