@@ -556,13 +556,25 @@ def test_binned_auroc_bound_is_exactly_the_in_bin_ordering_range():
     got = {}
     for best in (True, False):
         maps, masks = pixel_set(best)
-        exact = M.compute(np.array([1.0]), np.array([True]), maps, masks)["pixel_AUROC"]
+        exact = M.compute(np.array([1.0]), np.array([True]), maps, masks)
         acc = M.MetricAccumulator(pixel_bins=bins)
         acc.update(np.array([1.0]), np.array([True]), maps, masks)
-        got[best] = (exact, acc.compute()["pixel_AUROC"], acc.error_bounds()["pixel_AUROC"])
+        got[best] = (exact, acc.compute(), acc.error_bounds())
     (e_best, b1, bound1), (e_worst, b2, bound2) = got[True], got[False]
-    assert b1 == b2 and bound1 == bound2                         # one histogram
+    for k in M.PIXEL_KEYS:                                       # one histogram
+        assert b1[k] == b2[k] and bound1[k] == bound2[k], k
+    key = "pixel_AUROC"
     N, P = 1 + 3 * nb, 1 + nb
-    assert e_best - e_worst == pytest.approx(nb / (N * P), rel=1e-12)
-    assert bound1 == pytest.approx((e_best - e_worst) / 2, rel=1e-12)
-    assert b1 == pytest.approx((e_best + e_worst) / 2, rel=1e-12)
+    assert e_best[key] - e_worst[key] == pytest.approx(nb / (N * P), rel=1e-12)
+    assert bound1[key] == pytest.approx((e_best[key] - e_worst[key]) / 2, rel=1e-12)
+    assert b1[key] == pytest.approx((e_best[key] + e_worst[key]) / 2, rel=1e-12)
+    # AP: the binned value is the worst in-bin order's, its bound the distance to the best
+    key = "pixel_AP"
+    assert b1[key] == pytest.approx(e_worst[key], rel=1e-12)
+    assert bound1[key] > 0
+    assert bound1[key] == pytest.approx(e_best[key] - e_worst[key], rel=1e-12)
+    # F1-max: binned at real thresholds (the bins' edges), bound up to the best order's
+    key = "pixel_F1max"
+    assert b1[key] <= e_worst[key] + 1e-12
+    assert bound1[key] > 0
+    assert bound1[key] == pytest.approx(e_best[key] - b1[key], rel=1e-12)
