@@ -32,6 +32,10 @@ def test_bench_in_process_writes_json_and_markdown(tmp_path, capsys):
         fast = rows[("cmoe", "torch", level)]
         assert fast["status"] == "ok" and fast["gflop"] < rows[("cmoe", "reference", level)]["gflop"]
     assert rows[("cmoe", "torch", "all")]["speedup"] > 0
+    # in-process rows measure tensor allocations (the process's peak RSS would count every
+    # earlier row); own-process model rows the process peak (test below)
+    assert {r["peak_memory_kind"] for r in rec["results"]
+            if r["section"] in ("cmoe", "map")} == {"tensor_allocations"}
     amap = rows[("map", "torch", None)]
     assert amap["status"] == "ok" and amap["gbps"] > 0 and amap["parity_rel_err"] <= amap["parity_tol"]
     assert rec["meta"]["torch"] and rec["config"]["image_size"] == 64
