@@ -235,6 +235,16 @@ def test_commit_travels_to_a_copy_without_git(tmp_path, monkeypatch):
     assert meta.git_commit(str(copy)) is None
     monkeypatch.setenv("UNIMMAD_COMMIT", "f" * 40)
     assert meta.git_commit(str(copy)) == "f" * 40
+    assert meta.provenance(str(copy)) == {"commit": "f" * 40, "commit_from": "UNIMMAD_COMMIT",
+                                          "tree_matches": None}
+    monkeypatch.delenv("UNIMMAD_COMMIT")
+    # a git checkout without the prepared digests: the commit and whether tracked files
+    # changed since it
+    os.remove(src / meta.SOURCE_FILE)
+    p = meta.provenance(str(src))
+    assert (p["commit"], p["commit_from"], p["dirty"]) == (head, "git", False)
+    (src / "kernels" / "k.py").write_text("x = 3\n")
+    assert meta.provenance(str(src))["dirty"] is True
 
 
 # ----------------------------------------------------------------------------- GPU image
