@@ -1,0 +1,60 @@
+"""The compile check's verdicts and table on rows written here (no compilation): every
+failure kind is reported with its numbers, the table shows each row's configuration, and
+the command refuses the wrong interpreter setting for each step."""
+import pytest
+
+pytest.importorskip("triton")
+
+from kernels import compile_check as cc  # noqa: E402
+
+
+def _row(**kw):
+    row = {"kernel": "_dyn_conv_kernel", "case": "paper k=5", "ok": True, "shared": 1024,
+           "registers": 128, "stack": 0, "local": 0, "cp_async_16B": 4, "mma": "wgmma",
+           "seconds": 1.5, "constexprs": {"FLAT": True, "LOSS": False},
+           "config": {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "PIPE": 2,
+                      "num_warps": 4, "num_stages": 3}}
+    row.update(kw)
+    return row
+
+
+def test_a_clean_row_passes():
+    assert cc.failures([_row()]) == []
+
+
+def test_each_failure_kind_is_named():
+    rows = [_row(ok=False, error="CompilationError: boom"),
+            _row(shared=cc.SHARED_LIMIT + 1),
+            _row(stack=16, local=8),
+            _row(kernel="_cos_kernel", registers=None),
+            _row(kernel="_topk_kernel", stack=64)]          # not a no-spill kernel: allowed
+    del rows[3]["registers"]
+    got = cc.failures(rows)
+    assert len(got) == 4
+    assert got[0].endswith(": CompilationError: boom")
+    assert f"{cc.SHARED_LIMIT + 1} B shared memory > {cc.SHARED_LIMIT}" in got[1]
+    assert "spills (16 B stack frame, 8 B local)" in got[2]
+    assert got[3].startswith("_cos_kernel") and "no resource usage" in got[3]
+    assert cc.failures([_row(shared=cc.SHARED_LIMIT)]) == []          # the limit itself fits
+
+
+def test_table_lines_show_configuration_and_flags():
+    table = cc.format_table([_row(), _row(ok=False, error="X" * 300)])
+    head, good, bad = table.splitlines()
+    assert head.split()[:4] == ["kernel", "launch", "config", "regs"]
+    assert "paper k=5 FLAT" in good and "LOSS" not in good
+    assert "64x32x16 p2 w4 s3" in good and " 128 " in good and "wgmma" in good
+    assert "ERROR " + "X" * 120 in bad and "X" * 121 not in bad
+
+
+@pytest.mark.parametrize("argv, env, match", [
+    (["--record", "x.json"], None, "--record needs TRITON_INTERPRET=1"),
+    (["--compile", "x.json"], "1", "compiling needs TRITON_INTERPRET unset"),
+])
+def test_each_step_refuses_the_wrong_interpreter_setting(monkeypatch, argv, env, match):
+    if env is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", env)
+    with pytest.raises(SystemExit, match=match):
+        cc.main(argv)
