@@ -224,3 +224,29 @@ def test_readme_quickstart_is_what_ci_runs():
     assert "unimmad bench" in commands[0] and "pytest" in commands[1]
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert "# 2. install, then run the tests" in readme and "README.md" in ci
+
+
+def test_cmoe_summary_row_adds_up_its_levels_per_policy(tmp_path):
+    """The C-MoE section's ``level: all`` row of each policy: latencies and cache sizes
+    summed over the three levels, peaks the largest, the policy's budget, speedup against
+    the summed reference latencies."""
+    rec = main_record(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "2",
+                       "--warmup", "0", "--iters", "1", "--out", str(tmp_path), "--no-isolate",
+                       "--quiet", "--no-flops", "--sections", "cmoe",
+                       "--cache", "bounded,all", "--cache-mb", "0.25"])
+    rows = rec["results"]
+    refs = [r for r in rows if r["provider"] == "reference"]
+    assert sorted(r["level"] for r in refs) == [1, 2, 3]
+    for policy, budget in (("bounded", 0.25), ("all", None)):
+        levels = [r for r in rows if r["provider"] == "torch" and r["cache"] == policy
+                  and r["level"] != "all"]
+        (total,) = [r for r in rows if r["cache"] == policy and r["level"] == "all"]
+        assert sorted(r["level"] for r in levels) == [1, 2, 3]
+        assert all(r["cache_budget_mb"] == budget for r in levels + [total])
+        assert total["latency_median_ms"] == pytest.approx(sum(r["latency_median_ms"] for r in levels))
+        assert total["cache_mb"] == pytest.approx(sum(r["cache_mb"] for r in levels))
+        assert total["peak_memory_mb"] == max(r["peak_memory_mb"] for r in levels)
+        assert total["ref_peak_memory_mb"] == max(r["peak_memory_mb"] for r in refs)
+        ref_ms = sum(r["latency_median_ms"] for r in refs)
+        assert total["speedup"] == pytest.approx(ref_ms / total["latency_median_ms"])
+        assert total["units"] == 2 and total["batch"] == 1 and total["status"] == "ok"
