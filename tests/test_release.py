@@ -504,3 +504,24 @@ def test_problems_name_each_parts_file_with_the_release_names_by_default():
     with pytest.raises(ReleaseCheckpointError) as e:
         from_release_state_dicts(parts, TINY)
     assert "model.safetensors: 0.model.layer2.0.bn1.running_var" in str(e.value)
+
+
+def test_load_report_summary_names_files_counts_and_skips():
+    from unimmad.release import ReleaseLoadReport
+    r = ReleaseLoadReport(
+        checkpoint_dir="/ck", backbone_weights="/wrn.safetensors",
+        files={"encoder": "/ck/model.safetensors", "embedding": "/ck/model_1.safetensors",
+               "cmoe": "/ck/pytorch_model_2.bin"},
+        loaded={"encoder": 120, "embedding": 7},
+        skipped=["model.safetensors: 0.model.layer4.0.conv1.weight",
+                 "model.safetensors: 0.model.layer4.0.bn1.weight",
+                 "model_2.safetensors: 1.conv_out_second.0.weight",
+                 "model_2.safetensors: 2.prior_head.0.weight"],
+        not_read=["random_states_0.pkl"])
+    assert r.summary() == (
+        "release checkpoint /ck: read model.safetensors (120 tensors), model_1.safetensors "
+        "(7 tensors), pytorch_model_2.bin (0 tensors); prior generator from /wrn.safetensors; "
+        "skipped as unused: conv_out_second (1 tensors), layer4 (2 tensors), prior_head "
+        "(1 tensors); not read: random_states_0.pkl")
+    empty = ReleaseLoadReport(checkpoint_dir="/ck", backbone_weights="/w")
+    assert empty.summary().endswith("skipped as unused: none; not read: nothing")
