@@ -136,6 +136,8 @@ def test_bench_rows_per_memory_policy_and_train_section(tmp_path):
     assert model["bounded"]["cache_budget_mb"] == 0.5 and model["all"]["cache_mb"] > 0.5
     # training folds inside autograd under every policy: nothing is cached
     assert all(rows[("train", "torch", p)]["cache_mb"] == 0 for p in ("none", "bounded", "all"))
+    # model and train sessions measure their process's peak (their own process when isolated)
+    assert {r["peak_memory_kind"] for r in rec["results"]} == {"process_peak_rss"}
     md = (tmp_path / "bench.md").read_text()
     assert "| cache |" in md and "| ref. peak MB |" in md and "| cache MB |" in md
 
