@@ -4,6 +4,8 @@ config, the scoring and loss arguments and the checkers themselves.  Each pair p
 bound and whether it is open or closed."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -146,3 +148,25 @@ def test_scoring_argument_edges():
         image_score(m, 1.0 + 1e-9)
     with pytest.raises(ValueError, match="top_fraction"):
         image_score(m, 0.0)
+
+
+def test_pack_units_with_one_modality_slot():
+    from unimmad import pack_units
+    uts, slots = pack_units(torch.tensor([1, 1, 0, 1]), 1)
+    assert uts.tolist() == [0, 1, 3] and slots.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="max_modalities"):
+        pack_units(torch.tensor([1]), 0)
+
+
+def test_display_image_undoes_the_imagenet_normalisation():
+    from unimmad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from unimmad.engine.visualize import display_image
+    rgb = torch.rand(3, 5, 4) * 0.8 + 0.1
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    got = display_image((rgb - mean) / std)
+    assert got.dtype == np.uint8 and got.shape == (5, 4, 3)
+    np.testing.assert_allclose(got / 255.0, rgb.permute(1, 2, 0).numpy(), atol=1 / 255 + 1e-6)
+    depth = torch.linspace(-3, 4, 60).reshape(3, 5, 4)           # not a photo: stretched
+    d = display_image(depth)
+    assert d.min() == 0 and d.max() == 255

@@ -227,3 +227,12 @@ def test_cli_reports_a_bad_run_file_in_one_line_with_status_2(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(p) in err[0] and expect in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_presets_give_their_configs():
+    from unimmad import UniMMADConfig
+    from unimmad.engine.runconfig import build_model_config
+    assert build_model_config({"preset": "tiny"}) == UniMMADConfig.tiny()
+    assert build_model_config({}) == build_model_config({"preset": "paper"}) == UniMMADConfig()
+    assert build_model_config({"preset": "tiny", "model": {"top_k": 1}}).top_k == 1
+    assert UniMMADConfig.tiny().image_size < UniMMADConfig().image_size
