@@ -252,3 +252,14 @@ def test_cmoe_summary_row_adds_up_its_levels_per_policy(tmp_path):
         ref_ms = sum(r["latency_median_ms"] for r in refs)
         assert total["speedup"] == pytest.approx(ref_ms / total["latency_median_ms"])
         assert total["units"] == 2 and total["batch"] == 1 and total["status"] == "ok"
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cmoe_timing_bars_follow_quiet(tmp_path, capsys, quiet):
+    """Each C-MoE level's timing bar (``cmoe/L<level>/<provider>``) is drawn on stderr
+    unless ``--quiet``."""
+    main(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "1", "--warmup", "0",
+          "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--no-flops",
+          "--sections", "cmoe", "--cache", "all"] + (["--quiet"] if quiet else []))
+    err = capsys.readouterr().err
+    assert ("cmoe/L1/" in err) is not quiet and ("cmoe/L3/" in err) is not quiet

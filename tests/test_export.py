@@ -229,3 +229,24 @@ def test_cli_export_fails_when_the_check_disagrees(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "map rel. err 3.00e-02" in err and "routing DIFFERENT" in err
     assert "disagrees with the PyTorch model (tolerance 1e-04)" in err
+
+
+@pytest.mark.parametrize("batch_size, ok", [(1, True), (3, True), (0, False), (-1, False),
+                                            (True, False), (1.0, False)])
+def test_onnx_batch_size_check_admits_every_positive_int(monkeypatch, tmp_path, batch_size, ok):
+    """The fixed ONNX batch size is any positive int (the CLI default is 1); the check runs
+    before anything is traced (the tracing step is replaced by a marker here)."""
+    for name in ("onnx", "onnxscript"):
+        pytest.importorskip(name, reason=ONNX_MISSING)
+    import unimmad.export as ex
+
+    class Reached(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(ex, "ExportableUniMMAD", stop)
+    model = UniMMAD(UniMMADConfig.tiny())
+    with pytest.raises(Reached if ok else ValueError):
+        ex.export_onnx(model, str(tmp_path / "m.onnx"), 2, batch_size=batch_size)

@@ -316,3 +316,16 @@ def test_memcheck_script_runs_every_launch_group(monkeypatch, capsys):
     assert len(lines) == 3 + 1 + 2 * 2 + 2
     assert lines[-2:] == ["ok FastCMoE train step + inference",
                           "ok anomaly map (mean, joint) + score"]
+
+
+def test_open_record_turns_cudnn_benchmark_on_and_records_it(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+    from unimmad.bench.record import open_record
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    rec = open_record(argparse.Namespace(out=str(tmp_path / "o"), budget_s=None), "x.json",
+                      device="cpu")
+    assert torch.backends.cudnn.benchmark is True
+    assert rec.data["settings"]["cudnn_benchmark"] is True
+    assert os.path.isdir(tmp_path / "o")
