@@ -236,7 +236,9 @@ def _add_contexts(table: Dict[str, Dict[str, List[str]]], cd) -> None:
 def _importers(path: str) -> List[str]:
     """Test files that import the module at ``path`` by name (``import a.b.c``, ``from
     a.b.c import x``, ``from a.b import c``): a test reading only a module constant (e.g. a
-    tolerance table) runs no line of it inside the test, so coverage cannot name it."""
+    tolerance table) runs no line of it inside the test, so coverage cannot name it.  A
+    test file holding the line ``# mutation-tool: runs-every-import-time-line`` (one that
+    inspects every module, e.g. the signature defaults) is returned for every module."""
     import re
     dotted = path[:-3].replace(os.sep, ".")
     if dotted.endswith(".__init__"):
@@ -246,13 +248,14 @@ def _importers(path: str) -> List[str]:
     if pkg:
         pats.append(rf"^\s*from\s+{re.escape(pkg)}\s+import\s+[^#\n]*\b{re.escape(name)}\b")
     found = []
+    marker = "# mutation-tool: runs-every-import-time-line"
     for base in ("tests", "benchmarks"):
         folder = os.path.join(ROOT, base)
         for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             if not (f.startswith("test_") and f.endswith(".py")):
                 continue
             text = open(os.path.join(folder, f), encoding="utf-8").read()
-            if any(re.search(p, text, re.M) for p in pats):
+            if marker in text or any(re.search(p, text, re.M) for p in pats):
                 found.append(f"{base}/{f}")
     return found
 

@@ -8,6 +8,7 @@ Every public callable of ``unimmad`` and ``kernels`` is walked: a parameter with
 names below has the stated default *wherever it appears*, so a new function cannot drift
 from the SPEC either.
 """
+# mutation-tool: runs-every-import-time-line   (the walk below reads every module's signatures)
 import importlib
 import inspect
 import math
