@@ -578,3 +578,17 @@ def test_binned_auroc_bound_is_exactly_the_in_bin_ordering_range():
     assert b1[key] <= e_worst[key] + 1e-12
     assert bound1[key] > 0
     assert bound1[key] == pytest.approx(e_best[key] - b1[key], rel=1e-12)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.25, 0.75), (-3.0, 40.0), (2.0, 2.0)])
+def test_histogram_range_is_set_by_the_first_image(lo, hi):
+    """The first image fixes the bins: origin at its lowest score, width its span / bins
+    (a constant image: a span of 1e-6 of its value, at least 1e-6); every score lands in
+    a bin."""
+    from unimmad.metrics.pixel import PixelHistogram
+    h = PixelHistogram(num_bins=8)
+    h.add(np.array([lo, hi]), np.array([(lo + hi) / 2]), np.array([1.0]), 1)
+    span = hi - lo if hi > lo else max(abs(lo), 1.0) * 1e-6
+    assert h.lo == lo
+    assert h.width == pytest.approx(span / 8, rel=1e-8)
+    assert h.num_neg == 2 and h.num_pos == 1
