@@ -397,3 +397,22 @@ def test_a_foreign_folder_is_never_replaced(tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="not a unimmad checkpoint; refusing"):
         save_weights(tiny_model, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+
+def test_update_config_adds_keys_and_refuses_what_json_cannot_hold(tmp_path):
+    import json as _json
+    import math as _math
+    import warnings as _warnings
+    from unimmad import UniMMAD, UniMMADConfig
+    from unimmad.engine.checkpoint import save_weights, update_config
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        folder = save_weights(UniMMAD(UniMMADConfig.tiny()), str(tmp_path / "w"))
+    update_config(folder, {"thresholds": {"image": 0.5}})
+    cfg = _json.load(open(tmp_path / "w" / "config.json"))
+    assert cfg["thresholds"] == {"image": 0.5}
+    before = open(tmp_path / "w" / "config.json").read()
+    for bad in ({"thresholds": {"image": _math.nan}}, {"x": _math.inf}, {"x": object()}):
+        with pytest.raises((ValueError, TypeError)):
+            update_config(folder, bad)
+        assert open(tmp_path / "w" / "config.json").read() == before      # untouched
