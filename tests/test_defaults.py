@@ -46,6 +46,9 @@ BY_NAME = {
     "pixel_bins": 2 ** 14, "num_bins": 2 ** 14,
     # guide: long work shows progress unless asked not to
     "progress": True,
+    # fast-path promises (every unit reads one sample / one weight set) are never assumed:
+    # the caller states them
+    "same_samples": False, "same_weights": False,
 }
 #: parameters of these names mean something else in these callables (checked below)
 OTHER_MEANING = {
