@@ -170,3 +170,14 @@ def test_display_image_undoes_the_imagenet_normalisation():
     depth = torch.linspace(-3, 4, 60).reshape(3, 5, 4)           # not a photo: stretched
     d = display_image(depth)
     assert d.min() == 0 and d.max() == 255
+
+
+def test_image_size_edges():
+    from unimmad.scoring import check_image_size
+    assert check_image_size(1) == (1, 1)
+    assert check_image_size((3, 1)) == (3, 1) and check_image_size([1, 4]) == (1, 4)
+    assert check_image_size(torch.Size([2, 5])) == (2, 5)
+    assert check_image_size(np.array([7, 1])) == (7, 1)
+    for bad in (0, (0, 3), (3, 0), (-1, 2)):
+        with pytest.raises(ValueError, match="image_size"):
+            check_image_size(bad)
