@@ -63,3 +63,13 @@ def test_visa_class_asked_for_but_absent(tmp_path):
     with pytest.raises(D.MissingPathError, match=r"1cls/pcb9.*VisA class folder"):
         D.VisA(root, "train", classes=["candle", "pcb9"], preprocess=PRE)
     assert len(D.VisA(root, "train", classes=["candle"], preprocess=PRE)) == 3
+
+
+@pytest.mark.parametrize("progress, shown", [(True, True), (False, False)])
+def test_indexing_bar_follows_progress(tmp_path, capsys, progress, shown):
+    root = tmp_path / "eye"
+    F.make_eyecandies(root)
+    capsys.readouterr()
+    D.Eyecandies(root, "test", preprocess=PRE, progress=progress)
+    err = capsys.readouterr().err
+    assert ("indexing eyecandies/CandyCane" in err) is shown
