@@ -327,16 +327,27 @@ def test_predicted_mask_is_at_the_files_resolution(small, tmp_path):
     rng = np.random.default_rng(0)
     src = tmp_path / "odd.png"
     Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(src)
-    th = small["report"].thresholds
+    import copy
+    th = copy.deepcopy(small["report"].thresholds)
+    first = predict_files(small["model"], [[str(src)]], str(tmp_path / "q"), thresholds=th,
+                          progress=False, overlays=False)
+    amap = np.load(os.path.join(str(tmp_path / "q"), first[0]["map"]))
+    # a pixel threshold at the map's median: half the pixels flagged, so the resizing rule
+    # decides many of them
+    th["overall"]["pixel"]["threshold"] = float(np.median(amap))
     out = str(tmp_path / "p")
     rows = predict_files(small["model"], [[str(src)]], out, thresholds=th, progress=False,
                          overlays=False)
-    amap = np.load(os.path.join(out, rows[0]["map"]))
     mask = np.asarray(Image.open(os.path.join(out, rows[0]["mask"])))
     assert amap.shape == (64, 64) and mask.shape == (40, 52)
     up = torch.nn.functional.interpolate(torch.from_numpy(amap)[None, None], size=(40, 52),
                                          mode="bilinear", align_corners=False)[0, 0].numpy()
-    assert np.array_equal(mask == 255, up >= th["overall"]["pixel"]["threshold"])
+    t = th["overall"]["pixel"]["threshold"]
+    assert 0.3 < (mask == 255).mean() < 0.7
+    assert np.array_equal(mask == 255, up >= t)
+    corners = torch.nn.functional.interpolate(torch.from_numpy(amap)[None, None], size=(40, 52),
+                                              mode="bilinear", align_corners=True)[0, 0].numpy()
+    assert not np.array_equal(mask == 255, corners >= t)      # the rule is observable here
 
 
 def test_a_depth_file_given_as_a_gray_image_counts_zero_as_invalid(tmp_path):
