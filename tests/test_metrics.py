@@ -536,6 +536,7 @@ def test_report_nan_classes_are_skipped_in_means():
     assert "–" in rep.to_markdown()
 
 
+@pytest.mark.filterwarnings("ignore:image AUROC is undefined:RuntimeWarning")  # one image
 def test_binned_auroc_bound_is_exactly_the_in_bin_ordering_range():
     """The pixel-AUROC bound is tight: two pixel sets with the same histogram — in every
     bin one defect and one normal pixel strictly inside the bin, ordered best-first in one
