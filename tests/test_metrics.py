@@ -593,3 +593,19 @@ def test_histogram_range_is_set_by_the_first_image(lo, hi):
     assert h.lo == lo
     assert h.width == pytest.approx(span / 8, rel=1e-8)
     assert h.num_neg == 2 and h.num_pos == 1
+
+
+def test_label_regions_counts_8_connected_regions_and_their_sizes():
+    from unimmad.metrics.functional import label_regions
+    m = np.zeros((6, 7), bool)
+    m[0:2, 0:2] = True          # 4 pixels
+    m[2, 2] = True              # touches the first diagonally: same region (8-connected)
+    m[4:6, 5:7] = True          # 4 pixels, separate
+    m[0, 6] = True              # 1 pixel
+    lab, n, sizes = label_regions(m)
+    assert n == 3 and sizes.shape == (3,)
+    assert sorted(sizes.tolist()) == [1, 4, 5]
+    assert lab.shape == m.shape and set(np.unique(lab)) == {0, 1, 2, 3}
+    assert [(lab == i + 1).sum() for i in range(3)] == sizes.tolist()
+    lab0, n0, sizes0 = label_regions(np.zeros((3, 3), bool))
+    assert n0 == 0 and sizes0.shape == (0,) and not lab0.any()
