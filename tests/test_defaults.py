@@ -128,8 +128,7 @@ def test_blur_kernel_size_is_15_wherever_the_blur_sigma_is_taken():
 
 
 # ----------------------------------------------------------------------------- one by one
-def _d(fn):
-    return _defaults(fn)
+_d = _defaults
 
 
 def test_training_defaults_are_the_papers():

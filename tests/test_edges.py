@@ -1,6 +1,5 @@
 """Small pieces no larger test reached, each against a value written out by hand: the
-kernel cache's bookkeeping, the conv→BN layer helper, the trainer's clipping check, the
-FLOP count of the training-time fold."""
+kernel cache's bookkeeping, the conv→BN layer helper, the trainer's clipping check."""
 import math
 
 import pytest
@@ -75,31 +74,3 @@ def test_grad_clip_must_be_positive_and_finite(clip):
 
 def test_grad_clip_accepts_a_positive_value():
     assert TrainConfig(grad_clip=0.5).grad_clip == 0.5 and TrainConfig().grad_clip is None
-
-
-# ----------------------------------------------------------------------------- flops
-def test_training_fold_is_counted_as_compose_mix_and_conv():
-    """In training the fast C-MoE composes every unit's kernel (U·N·Co·R multiply-adds per
-    branch: the mixture of N base experts), then convolves; fvcore sees all three ops."""
-    pytest.importorskip("fvcore")
-    from kernels import FastCMoE
-    from unimmad import CMoE
-    from unimmad.flops import fvcore_macs
-
-    class P(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x, g, idx):
-            return self.m(x, g, idx)[0]
-
-    C, S, U = 8, 6, 3
-    ref = CMoE(C, embed_dim=16, num_base_experts=4, num_leaders=6)
-    fast = FastCMoE.from_reference(ref, backend="torch").train()
-    args = (torch.randn(U, C, S, S), torch.randn(U, C, S, S), torch.arange(U))
-    _, ops = fvcore_macs(P(fast), args, by_operator=True)
-    assert ops["compose"] > 0 and ops["dyn_conv"] > 0
-    # compose, per branch of kernel k: U units × N = 4 experts × Co = 16 × R = E·k²
-    # (E = 16), summed over the branches k = 1, 3, 5
-    assert ops["compose"] == sum(U * 4 * 16 * 16 * k * k for k in (1, 3, 5))

@@ -75,3 +75,21 @@ def test_activated_parameters_paper_convention():
     from unimmad.flops import activated_parameters
     total = sum(p.numel() for p in m.parameters())
     assert total - activated_parameters(m) == 3 * 6 * 256 * 256 * 35  # 41.29 M
+
+
+def test_training_fold_is_counted_as_compose_mix_and_conv():
+    """In training the fast C-MoE composes every unit's kernel (U·N·Co·R multiply-adds per
+    branch: the mixture of N base experts), then convolves; fvcore sees both ops."""
+    import torch
+    from kernels import FastCMoE
+    from unimmad import CMoE
+    from unimmad.flops import fvcore_macs
+    C, S, U = 8, 6, 3
+    ref = CMoE(C, embed_dim=16, num_base_experts=4, num_leaders=6)
+    fast = FastCMoE.from_reference(ref, backend="torch").train()
+    args = (torch.randn(U, C, S, S), torch.randn(U, C, S, S), torch.arange(U))
+    _, ops = fvcore_macs(_P(fast), args, by_operator=True)
+    assert ops["compose"] > 0 and ops["dyn_conv"] > 0
+    # compose, per branch of kernel k: U units × N = 4 experts × Co = 16 × R = E·k²
+    # (E = 16), summed over the branches k = 1, 3, 5
+    assert ops["compose"] == sum(U * 4 * 16 * 16 * k * k for k in (1, 3, 5))
