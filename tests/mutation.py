@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("unimmad", "kernels")
@@ -197,7 +199,12 @@ def _statement_starts(path: str) -> Dict[int, int]:
     statement that spans lines (a call's continuation lines, a literal table, a ``for``
     header over a list) on its first line only; a mutant on a later line is run by the
     tests of that first line."""
-    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    return _statement_starts_in(ROOT, path)
+
+
+@functools.lru_cache(maxsize=None)
+def _statement_starts_in(root: str, path: str) -> Dict[int, int]:
+    tree = ast.parse(open(os.path.join(root, path), encoding="utf-8").read())
     start: Dict[int, int] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.stmt):
@@ -239,7 +246,6 @@ def _importers(path: str) -> List[str]:
     tolerance table) runs no line of it inside the test, so coverage cannot name it.  A
     test file holding the line ``# mutation-tool: runs-every-import-time-line`` (one that
     inspects every module, e.g. the signature defaults) is returned for every module."""
-    import re
     dotted = path[:-3].replace(os.sep, ".")
     if dotted.endswith(".__init__"):
         dotted = dotted[:-9]
@@ -247,17 +253,22 @@ def _importers(path: str) -> List[str]:
     pats = [rf"^\s*(from|import)\s+{re.escape(dotted)}\b"]
     if pkg:
         pats.append(rf"^\s*from\s+{re.escape(pkg)}\s+import\s+[^#\n]*\b{re.escape(name)}\b")
-    found = []
     marker = "# mutation-tool: runs-every-import-time-line"
+    return [f for f, text in _test_sources(ROOT)
+            if marker in text or any(re.search(p, text, re.M) for p in pats)]
+
+
+@functools.lru_cache(maxsize=None)
+def _test_sources(root: str) -> Tuple[Tuple[str, str], ...]:
+    """``(tests/test_x.py, its text)`` of every test file under ``root``, read once."""
+    out = []
     for base in ("tests", "benchmarks"):
-        folder = os.path.join(ROOT, base)
+        folder = os.path.join(root, base)
         for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if not (f.startswith("test_") and f.endswith(".py")):
-                continue
-            text = open(os.path.join(folder, f), encoding="utf-8").read()
-            if marker in text or any(re.search(p, text, re.M) for p in pats):
-                found.append(f"{base}/{f}")
-    return found
+            if f.startswith("test_") and f.endswith(".py"):
+                with open(os.path.join(folder, f), encoding="utf-8") as fh:
+                    out.append((f"{base}/{f}", fh.read()))
+    return tuple(out)
 
 
 def _load_json(path: str, default):
@@ -346,6 +357,10 @@ def cmd_run(args) -> None:
     table = json.load(open(os.path.join(args.out, "mutants.json")))
     lines = _context_map(args.out)
     durations = _load_json(os.path.join(args.out, "durations.json"), {})
+    for key, seconds in list(durations.items()):      # a whole file: its tests' sum
+        f = key.split("::")[0]
+        if f != key:
+            durations[f] = durations.get(f, 0.0) + seconds
     work = tempfile.mkdtemp(prefix="unimmad-mut-")
     tree = os.path.join(work, "tree")
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
@@ -372,8 +387,7 @@ def cmd_run(args) -> None:
                                                                            args.max_tests))
         # fastest first (a test not timed yet, i.e. added since, before all): the verdict
         # does not depend on the order, only how soon -x stops on a killed mutant
-        tests.sort(key=lambda t: (durations.get(t, 0.0) if "::" in t else sum(
-            v for k, v in durations.items() if k.startswith(t + "::")), t))
+        tests.sort(key=lambda t: (durations.get(t, 0.0), t))
         if not tests and lines:
             results.append(dict(m, status="survived", reason="no test runs this line",
                                 tests=0, seconds=0.0))
