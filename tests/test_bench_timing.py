@@ -34,3 +34,22 @@ def test_summary_statistics_of_known_times():
     assert s["samples_per_s"] == pytest.approx(4 / 0.003)
     assert quantile([1.0, 2.0], 0.25) == pytest.approx(1.25)
     assert quantile([5.0], 0.9) == 5.0
+
+
+def test_cpu_peak_memory_counts_live_bytes_from_zero():
+    """The CPU peak is the largest sum of live allocations during the call, in MiB: nothing
+    allocated is 0 exactly; 1 MiB + 1 MiB live, then one freed and 0.5 MiB more, is 2 MiB."""
+    import torch
+
+    from unimmad.bench.meta import peak_memory_mb
+    cpu = torch.device("cpu")
+    assert peak_memory_mb(lambda: None, cpu) == 0.0
+    assert peak_memory_mb(lambda: torch.empty(262144), cpu) == 1.0       # 2^18 float32
+
+    def two_then_half():
+        a = torch.empty(262144)
+        b = torch.empty(262144)
+        del a
+        c = torch.empty(131072)
+        return b, c
+    assert peak_memory_mb(two_then_half, cpu) == 2.0

@@ -58,3 +58,47 @@ def test_each_step_refuses_the_wrong_interpreter_setting(monkeypatch, argv, env,
         monkeypatch.setenv("TRITON_INTERPRET", env)
     with pytest.raises(SystemExit, match=match):
         cc.main(argv)
+
+
+@pytest.mark.parametrize("rows, status, n_bad", [
+    ([_row()], 0, 0),
+    ([_row(), _row(ok=False, error="CompilationError: boom")], 1, 1),
+    ([_row(shared=cc.SHARED_LIMIT + 1), _row(stack=8)], 1, 2),
+])
+def test_exit_status_is_1_on_a_failure_and_0_otherwise(tmp_path, monkeypatch, capsys, rows,
+                                                       status, n_bad):
+    """The module docstring's exit status: 1 when any row fails the check, else 0; the JSON
+    is complete and names each failure.  Compilation is replaced by the given rows."""
+    import json
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    specs = tmp_path / "specs.json"
+    specs.write_text("[]")
+
+    def fake_compile(specs_, capability, all_configs, jobs, on_row):
+        for r in rows:
+            on_row(dict(r))
+    monkeypatch.setattr(cc, "compile_specs", fake_compile)
+    out = tmp_path / "out.json"
+    assert cc.main(["--compile", str(specs), "--json", str(out)]) == status
+    rec = json.loads(out.read_text())
+    assert rec["summary"]["status"] == "complete" and rec["summary"]["variants"] == len(rows)
+    assert len(rec["summary"]["failures"]) == n_bad
+    text = capsys.readouterr().out
+    assert text.count("\nFAIL ") == len(rec["summary"]["failures"])
+    assert f"{len(rows)} variants of 0 launches" in text
+
+
+def test_an_interrupted_compile_keeps_its_rows_and_exits_130(tmp_path, monkeypatch):
+    import json
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    specs = tmp_path / "specs.json"
+    specs.write_text("[]")
+
+    def fake_compile(specs_, capability, all_configs, jobs, on_row):
+        on_row(_row())
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cc, "compile_specs", fake_compile)
+    out = tmp_path / "out.json"
+    assert cc.main(["--compile", str(specs), "--json", str(out)]) == 130
+    rec = json.loads(out.read_text())
+    assert rec["summary"]["status"] == "interrupted" and len(rec["rows"]) == 1

@@ -305,6 +305,27 @@ def test_brats_gz_and_odd_seg_name(tmp_path):
     assert x["mask"].sum() > 0
 
 
+def test_brats_one_tumour_voxel_of_any_label_makes_the_slice_anomalous(tmp_path):
+    """A slice is anomalous when it has one tumour voxel (seg > 0, whatever its label 1, 2
+    or 4), normal with none; the mask is that voxel."""
+    import nibabel as nib
+    info = F.make_brats(tmp_path, n_cases=2, tumour_slices=())
+    case = info["cases"][-1]
+    seg_path = tmp_path / "MICCAI_BraTS2020_TrainingData" / case / f"{case}_seg.nii"
+    seg = np.zeros(info["shape"], np.uint8)
+    seg[3, 5, 2] = 1                     # one necrotic voxel in slice 2
+    seg[7, 9, 6] = 4                     # one enhancing voxel in slice 6
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(seg_path))
+    ds = D.BraTS2020(tmp_path / "MICCAI_BraTS2020_TrainingData", "test", test_cases=[case],
+                     preprocess=PRE)
+    by_slice = {r.extra[0]: r.label for r in ds.records}
+    assert by_slice == {k: int(k in (2, 6)) for k in range(1, info["shape"][2])}
+    for k, (x, y) in ((2, (3, 5)), (6, (7, 9))):
+        r = [i for i, rec in enumerate(ds.records) if rec.extra[0] == k][0]
+        m = ds.read_mask(ds.records[r])
+        assert m.sum() == 1 and m[y, x]          # slices are [y, x] after the transpose
+
+
 @pytest.mark.parametrize("layout", F.BMAD_LAYOUTS)
 @pytest.mark.parametrize("name,cls,modality,weight,klass", [
     ("liverct", D.LiverCT, "ct", 10.0, "liver"),
