@@ -172,6 +172,19 @@ def test_display_image_undoes_the_imagenet_normalisation():
     assert d.min() == 0 and d.max() == 255
 
 
+def test_modality_images_names_and_count():
+    """The first ``num_modalities`` slots, named by ``names`` and then ``modality <i+1>``
+    (1-based, as the docstring says)."""
+    from unimmad.engine.visualize import display_image, modality_images
+    images = torch.linspace(-2, 2, 4 * 3 * 5 * 4).reshape(4, 3, 5, 4)
+    got = modality_images(images, 3, names=["rgb"])
+    assert [n for n, _ in got] == ["rgb", "modality 2", "modality 3"]
+    for i, (_, img) in enumerate(got):
+        assert np.array_equal(img, display_image(images[i]))
+    assert [n for n, _ in modality_images(images, 2)] == ["modality 1", "modality 2"]
+    assert modality_images(images, 0) == []
+
+
 def test_image_size_edges():
     from unimmad.scoring import check_image_size
     assert check_image_size(1) == (1, 1)

@@ -42,3 +42,43 @@ def test_good_items_have_no_defect_label(demo):
     for split in ("train", "test"):
         good = os.path.join(demo["scan"], split, "good", "img")
         assert len(os.listdir(good)) == 2
+
+
+def _xyz(demo, cls, split, kind, i=0):
+    import tifffile
+    return tifffile.imread(os.path.join(demo["mvtec3d"], cls, split, kind, "xyz",
+                                        f"{i:03d}.tiff")).astype(np.float64)
+
+
+def test_tile_is_a_slab_tilted_up_towards_x_and_y_and_dents_go_in_by_0_2(demo):
+    """``tile``: the square |x − ½|, |y − ½| < 0.4 of the side, height 1 + 0.05·x + 0.03·y
+    (x, y in units of the side, noise σ = 0.001); a dent lowers its mask by 0.2."""
+    xyz = _xyz(demo, "tile", "train", "good")
+    valid = np.any(xyz != 0, axis=-1)
+    n = xyz.shape[0]
+    c = (np.arange(n) + 0.0) / n
+    square = (np.abs(c[:, None] - 0.5) < 0.4) & (np.abs(c[None, :] - 0.5) < 0.4)
+    assert np.array_equal(valid, square)
+    x, y, z = xyz[valid].T
+    np.testing.assert_allclose(x, np.broadcast_to(c[None, :], (n, n))[valid], atol=1e-6)
+    np.testing.assert_allclose(y, np.broadcast_to(c[:, None], (n, n))[valid], atol=1e-6)
+    coef = np.linalg.lstsq(np.stack([np.ones_like(x), x, y], 1), z, rcond=None)[0]
+    np.testing.assert_allclose(coef, [1.0, 0.05, 0.03], atol=2e-3)
+    dent = _xyz(demo, "tile", "test", "dent")
+    mask = _png(os.path.join(demo["mvtec3d"], "tile", "test", "dent", "gt", "000.png")) > 127
+    assert mask.any() and not (mask & ~square).any()
+    plane = 1.0 + 0.05 * dent[..., 0] + 0.03 * dent[..., 1]
+    np.testing.assert_allclose((dent[..., 2] - plane)[mask], -0.2, atol=0.006)
+    np.testing.assert_allclose((dent[..., 2] - plane)[square & ~mask], 0.0, atol=0.006)
+
+
+def test_plate_is_a_disc_on_a_dome_of_height_0_15(demo):
+    """``plate``: the disc r < 0.42 of the side, height 1 + 0.15·sqrt(1 − (r / 0.42)²)."""
+    xyz = _xyz(demo, "plate", "train", "good")
+    valid = np.any(xyz != 0, axis=-1)
+    n = xyz.shape[0]
+    c = np.arange(n) / n
+    r = np.sqrt((c[:, None] - 0.5) ** 2 + (c[None, :] - 0.5) ** 2)
+    assert np.array_equal(valid, r < 0.42)
+    want = 1.0 + 0.15 * np.sqrt(np.clip(1 - (r / 0.42) ** 2, 0, None))
+    np.testing.assert_allclose(xyz[..., 2][valid], want[valid], atol=0.006)
