@@ -5,6 +5,7 @@ the marker ``interpreter`` (TRITON_INTERPRET=1 on the CPU, set in conftest.py), 
 
 Shapes keep every interpreter launch well under ~100 programs; Triton outputs are written
 into NaN-poisoned ``out=`` buffers where the launcher takes one."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,33 @@ def test_cosine_stats_chunks_cover_every_pixel():
             torch.testing.assert_close(dot, (u * p).sum(1))
             torch.testing.assert_close(nu, u.square().sum(1))
             torch.testing.assert_close(npp, p.square().sum(1))
+
+
+@pytest.mark.parametrize("U, C, P, target", [
+    (5, 6, 63, 10), (5, 6, 63, 6 * 63 * 2), (5, 6, 63, 6 * 63 * 2 + 5), (3, 4, 10, 40),
+    (3, 4, 10, 39), (7, 1, 1, 3), (2, 8, 5, 8), (1, 2, 3, 1 << 62)])
+def test_chunk_plan_covers_every_element_once_within_the_target(U, C, P, target):
+    """Blocks of units × pixels tile [U, P] exactly once; each holds at most ``target``
+    elements of one operand (C per pixel; one pixel when C alone exceeds it) and as many
+    whole units as fit, so few blocks are made."""
+    seen = np.zeros((U, P), int)
+    blocks = list(amap_torch._chunks(U, C, P, target))
+    for n0, n1, q0, q1 in blocks:
+        assert 0 <= n0 < n1 <= U and 0 <= q0 < q1 <= P
+        assert C * (n1 - n0) * (q1 - q0) <= max(target, C)
+        seen[n0:n1, q0:q1] += 1
+    assert (seen == 1).all()
+    if C * P <= target:                                  # whole units, as many as fit
+        per = target // (C * P)
+        assert len(blocks) == -(-U // per)
+    else:                                                # pixel ranges of one unit
+        q = max(1, target // C)
+        assert len(blocks) == U * -(-P // q)
+
+
+def test_chunk_target_is_the_cpu_constant_and_whole_tensors_on_cuda():
+    assert amap_torch._chunk_target(torch.device("cpu")) == amap_torch.CHUNK_ELEMENTS == 1 << 21
+    assert amap_torch._chunk_target(torch.device("cuda")) >= 1 << 62
 
 
 def test_csr_groups_units_by_sample():
