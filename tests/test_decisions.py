@@ -78,6 +78,17 @@ def test_optimum_that_flags_every_normal_image_falls_back_to_the_normal_only_rul
     assert not is_anomalous(neg, rec).any()
 
 
+def test_optimum_that_spares_only_the_lowest_normal_image_keeps_the_f1_rule():
+    """The fallback is for an optimum that flags *every* normal image: a cut between the
+    lowest normal score and the next one still spares one normal image and is kept."""
+    neg = np.array([0.1, 0.45, 0.5])
+    pos = np.array([0.2, 0.3, 0.35, 0.4, 0.42, 0.6, 0.7])
+    rec = image_threshold(np.r_[neg, pos], np.r_[np.zeros(3), np.ones(7)])
+    assert rec["rule"] == "f1_optimal" and "note" not in rec
+    assert rec["threshold"] == pytest.approx(0.15) and rec["f1"] == pytest.approx(14 / 16)
+    assert is_anomalous(neg, rec).tolist() == [False, True, True]
+
+
 def test_threshold_needs_normal_images():
     with pytest.raises(ValueError, match="normal"):
         image_threshold([0.3, 0.4], [1, 1])
