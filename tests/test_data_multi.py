@@ -62,6 +62,16 @@ def test_class_balanced_sampler_is_uniform_over_classes():
     assert torch.allclose(w[[0, 3, 33]], torch.tensor([1 / 3, 1 / 30, 1 / 300], dtype=torch.float64))
 
 
+def test_sampler_default_seed_is_0():
+    """Without ``seed`` the draw is that of ``seed=0`` (and differs from seed 1)."""
+    names = ["a"] * 3 + ["b"] * 40
+    default = D.ClassBalancedSampler(names, num_samples=50)
+    assert default.seed == 0
+    assert list(default) == list(D.ClassBalancedSampler(names, num_samples=50, seed=0))
+    assert list(D.ClassBalancedSampler(names, num_samples=50)) != \
+        list(D.ClassBalancedSampler(names, num_samples=50, seed=1))
+
+
 def test_sampler_determinism_and_epochs(parts):
     multi = D.MultiDataset(parts)
     s1, s2 = D.ClassBalancedSampler(multi, seed=7), D.ClassBalancedSampler(multi, seed=7)
