@@ -53,3 +53,15 @@ def test_cpu_peak_memory_counts_live_bytes_from_zero():
         c = torch.empty(131072)
         return b, c
     assert peak_memory_mb(two_then_half, cpu) == 2.0
+
+
+def test_cuda_timer_defaults_are_tritons():
+    """``do_bench_ms`` keeps ``triton.testing.do_bench``'s warm-up and repetition times."""
+    import inspect
+
+    triton = pytest.importorskip("triton")
+    from unimmad.bench.timing import do_bench_ms
+    ours = inspect.signature(do_bench_ms).parameters
+    theirs = inspect.signature(triton.testing.do_bench).parameters
+    assert ours["rep"].default == theirs["rep"].default == 100
+    assert ours["warmup"].default == theirs["warmup"].default == 25

@@ -496,6 +496,24 @@ def test_depth_fill_and_normalisation():
         D.Preprocess(depth_fill="zero")
 
 
+@pytest.mark.parametrize("extra", [0.0, np.nan, 7.0])
+def test_channels_after_xyz_are_ignored(extra):
+    """A cloud with more than three channels (e.g. an intensity channel): only x, y, z
+    decide validity and depth, whatever the fourth channel holds."""
+    from unimmad.data.preprocess import depth_from_xyz
+    rng = np.random.default_rng(4)
+    xyz = rng.uniform(0.5, 2.0, (4, 5, 3))
+    xyz[0, 0] = 0.0
+    xyz[3, 4, 1] = np.nan
+    four = np.concatenate([xyz, np.full((4, 5, 1), extra)], axis=2)
+    z3, v3 = depth_from_xyz(xyz)
+    z4, v4 = depth_from_xyz(four)
+    assert v3.sum() == 18 and np.array_equal(v4, v3)
+    assert np.array_equal(z4, z3) and np.array_equal(z3[v3], xyz[..., 2][v3])
+    with pytest.raises(ValueError, match=r"\[H, W, 3\], got \(4, 5, 2\)"):
+        depth_from_xyz(xyz[..., :2])
+
+
 def test_preprocess_from_config():
     from unimmad import UniMMADConfig
 
