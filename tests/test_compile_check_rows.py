@@ -102,3 +102,32 @@ def test_an_interrupted_compile_keeps_its_rows_and_exits_130(tmp_path, monkeypat
     assert cc.main(["--compile", str(specs), "--json", str(out)]) == 130
     rec = json.loads(out.read_text())
     assert rec["summary"]["status"] == "interrupted" and len(rec["rows"]) == 1
+
+
+@pytest.mark.interpreter
+def test_recorded_launches_carry_their_case_and_no_sweep_unless_asked():
+    """Outside :func:`launch_case` a launch has no label and compiles only its pinned
+    configuration; inside, the label and the sweep flag are the block's, and the previous
+    ones come back after it."""
+    import os
+
+    import torch
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("recording patches the interpreter")
+    from kernels import cmoe_triton
+    g0, bank = torch.randn(4, 32), torch.randn(3, 4, 32)
+    idx, sc = torch.tensor([[0, 2]]), torch.rand(1, 2)
+    specs = []
+    with cc.record_launches(specs):
+        cmoe_triton.mix(g0, bank, idx, sc)
+        with cc.launch_case("outer"):
+            cmoe_triton.mix(g0, bank, idx, sc)
+            with cc.launch_case("inner", sweep=True):
+                cmoe_triton.mix(g0, bank, idx, sc)
+            cmoe_triton.mix(g0, bank, idx, sc)
+        cmoe_triton.mix(g0, bank, idx, sc)
+    assert [(s["name"], s["case"], s["sweep"]) for s in specs] == [
+        ("_mix_kernel", None, False), ("_mix_kernel", "outer", False),
+        ("_mix_kernel", "inner", True), ("_mix_kernel", "outer", False),
+        ("_mix_kernel", None, False)]
+    assert specs[0]["args"]["SIZE"] == 4 * 32 and specs[0]["args"]["TOPK"] == 2

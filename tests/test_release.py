@@ -92,6 +92,21 @@ def test_sizes_inferred_from_tensor_shapes(cfg):
     assert infer_release_config(parts) == cfg
 
 
+def test_a_stage_without_blocks_keeps_the_paper_block_counts():
+    """A trunk stage with no block in the checkpoint implies no block counts: the paper's
+    stay (and the strict load reports the missing tensors); the others are still read."""
+    cfg = TINY
+    parts = {p: {k: torch.empty(s, device="meta") for k, s in release_layout(cfg)[n].items()}
+             for p, (n, _) in RELEASE_PARTS.items()}
+    enc = parts["encoder"]
+    for k in [k for k in enc if k.startswith("0.model.layer3.")]:
+        del enc[k]
+    got = infer_release_config(parts)
+    assert got.backbone_layers == UniMMADConfig().backbone_layers != cfg.backbone_layers
+    assert got.backbone_base_planes == cfg.backbone_base_planes
+    assert got.fcm_width == cfg.fcm_width
+
+
 # ----------------------------------------------------------------------------- loading
 def test_release_folder_loads_every_tensor(release):
     folder, bb_path, data, backbone = release
