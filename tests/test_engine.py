@@ -81,6 +81,26 @@ def test_replay_dataset_takes_a_fraction_of_each_earlier_class():
     assert rep[8]["class_name"] in ("a_syn", "b_syn", "c_syn")
 
 
+def test_replay_picks_evenly_spaced_items_of_each_earlier_class():
+    """k = ceil(fraction · n) items per earlier class at positions ⌊j · n / k⌋ of that
+    class's items (deterministic and spread over the class), classes in name order."""
+    class Names(torch.utils.data.Dataset):
+        def __init__(self, class_names):
+            self.class_names = list(class_names)
+
+        def __len__(self):
+            return len(self.class_names)
+
+    old = Names(["b", "a"] * 10 + ["c"] * 3)      # a at 1, 3, ..., 19; b at 0, 2, ..., 18
+    rep = ReplayDataset(Names(["n"] * 2), [old], fraction=0.25)
+    a_items = list(range(1, 20, 2))
+    b_items = list(range(0, 20, 2))
+    want = ([a_items[j * 10 // 3] for j in range(3)] + [b_items[j * 10 // 3] for j in range(3)]
+            + [20])                                    # a, b: ceil(2.5) = 3; c: ceil(0.75) = 1
+    assert [i for d, i in rep.items[2:]] == want == [1, 7, 13, 0, 6, 12, 20]
+    assert rep.replayed == 7 and rep.class_names == ["n", "n"] + ["a"] * 3 + ["b"] * 3 + ["c"]
+
+
 def test_run_config_overrides(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("preset: tiny\ntrain: {epochs: 3}\ndata: {train: [{name: mvtec, root: /x}]}\n")
