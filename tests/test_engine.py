@@ -101,6 +101,25 @@ def test_replay_picks_evenly_spaced_items_of_each_earlier_class():
     assert rep.replayed == 7 and rep.class_names == ["n", "n"] + ["a"] * 3 + ["b"] * 3 + ["c"]
 
 
+def test_expert_usage_sums_the_choices_of_every_step():
+    """Counts per (level, branch) add up over forward passes, one slot per expert (unchosen
+    experts count 0), reported per level and kernel size."""
+    from types import SimpleNamespace
+
+    from unimmad.engine.distributed import DistInfo
+    from unimmad.engine.trainer import ExpertUsage
+
+    def aux(*idx, experts=4):
+        return SimpleNamespace(indices=[torch.tensor(i) for i in idx],
+                               probs=[torch.zeros(1, experts) for _ in idx])
+    usage = ExpertUsage()
+    usage.add([aux([[0, 1], [1, 3]], [[2, 2]])])
+    usage.add([aux([[1, 0]], [[2, 0], [0, 0]])])
+    model = SimpleNamespace(cmoe=[SimpleNamespace(kernel_sizes=(1, 3))])
+    assert usage.histogram(model, DistInfo(), "cpu") == {
+        "level1": {"k1": [2, 3, 0, 1], "k3": [3, 0, 3, 0]}}
+
+
 def test_run_config_overrides(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("preset: tiny\ntrain: {epochs: 3}\ndata: {train: [{name: mvtec, root: /x}]}\n")
