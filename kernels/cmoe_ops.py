@@ -13,6 +13,7 @@ tracing, autograd) and call the implementation directly otherwise.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -27,6 +28,54 @@ __all__ = ["IMPLS", "dyn_conv", "compose", "mix", "to_bank", "to_input_format"]
 #: (the paper's formulation is the whole layer, :class:`unimmad.CMoE`), so ``"reference"``
 #: runs the stock-torch algebra.
 IMPLS = {"torch": cmoe_torch, "triton": cmoe_triton, "reference": cmoe_torch}
+
+
+def _shape_error(op: str, what: str) -> ValueError:
+    return ValueError(f"kernels.cmoe_ops.{op}: {what}")
+
+
+def _check_tensors(op: str, **tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"kernels.cmoe_ops.{op}: {name} must be a torch.Tensor, "
+                            f"got {type(t).__name__}")
+
+
+def _check_routing(op: str, idx: Tensor, scores: Tensor, num_rows: int, rows: str) -> None:
+    """``idx`` integer and ``scores`` floating, both ``[U, K]`` (values are not read: a range
+    check would synchronise the device on every call; callers pass indices < ``num_rows``)."""
+    _check_tensors(op, idx=idx, scores=scores)
+    if idx.dim() != 2 or tuple(scores.shape) != tuple(idx.shape):
+        raise _shape_error(op, f"idx and scores must both be [U, K], got {tuple(idx.shape)} "
+                               f"and {tuple(scores.shape)}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise _shape_error(op, f"idx must hold integer indices into the {num_rows} {rows}, "
+                               f"got {idx.dtype}")
+    if not scores.dtype.is_floating_point:
+        raise _shape_error(op, f"scores must be floating point, got {scores.dtype}")
+    if idx.shape[1] > 0 and num_rows == 0:
+        raise _shape_error(op, f"idx selects from {rows} but there are none")
+
+
+def _check_dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor,
+                    k: int) -> None:
+    _check_tensors("dyn_conv", x=x, weight=weight, job_sample=job_sample,
+                   job_weight=job_weight)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
+        raise _shape_error("dyn_conv", f"k must be an odd positive int, got {k!r}")
+    if x.dim() != 4:
+        raise _shape_error("dyn_conv", f"x must be [B, Ci, H, W], got {tuple(x.shape)}")
+    if weight.dim() != 3 or weight.shape[2] != x.shape[1] * k * k:
+        raise _shape_error("dyn_conv", f"weight must be [NW, Co, Ci*k*k] = [NW, Co, "
+                                       f"{x.shape[1] * k * k}] for x {tuple(x.shape)} and "
+                                       f"k={k}, got {tuple(weight.shape)}")
+    for name, t in (("job_sample", job_sample), ("job_weight", job_weight)):
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise _shape_error("dyn_conv", f"{name} must be a 1-D integer tensor, got "
+                                           f"{tuple(t.shape)} {t.dtype}")
+    if job_sample.shape[0] != job_weight.shape[0]:
+        raise _shape_error("dyn_conv", f"job_sample ({job_sample.shape[0]} jobs) and "
+                                       f"job_weight ({job_weight.shape[0]}) differ in length")
 
 
 def to_bank(w: Tensor, backend: str = "auto") -> Tensor:
@@ -124,10 +173,12 @@ def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, 
 
     x ``[B, Ci, H, W]`` (NCHW or channels-last), weight ``[NW, Co, R]`` (bank layout of the
     backend, see :func:`to_bank`), job indices ``[J]`` long → ``[J, Co, H, W]``; stride 1,
-    zero padding ``k // 2``.  Differentiable in ``x`` and ``weight``.  ``precision``: fp32
+    zero padding ``k // 2``; shapes and index dtypes are checked (``ValueError`` naming
+    the argument), index values are not.  Differentiable in ``x`` and ``weight``.  ``precision``: fp32
     dot precision (default :func:`kernels.backend.default_precision`).  ``same_samples`` /
     ``same_weights`` promise the index is ``arange`` (lets the torch backend skip a gather).
     """
+    _check_dyn_conv(x, weight, job_sample, job_weight, k)
     args = (x, weight, job_sample, job_weight, int(k), bool(same_samples), bool(same_weights),
             resolve(backend, x, weight), precision or default_precision())
     if needs_custom_op(x, weight):
@@ -179,7 +230,14 @@ def compose(base: Tensor, leaders: Tensor, idx: Tensor, scores: Tensor,
     """Mixed routed kernel per unit (MoE-in-MoE composition + collapse of the top-K):
     base ``[N, Co, R]`` (any layout of R: the op is elementwise over it), leaders
     ``[L, N, Co]``, idx/scores ``[U, K]`` → ``[U, Co, R]``.  Differentiable in ``base``,
-    ``leaders`` and ``scores``."""
+    ``leaders`` and ``scores``.  Shapes and dtypes are checked (``ValueError`` naming the
+    argument); ``idx`` values must lie in ``[0, L)`` (not read, to keep the call free of
+    device synchronisation)."""
+    _check_tensors("compose", base=base, leaders=leaders)
+    if base.dim() != 3 or leaders.dim() != 3 or tuple(leaders.shape[1:]) != tuple(base.shape[:2]):
+        raise _shape_error("compose", f"base must be [N, Co, R] and leaders [L, N, Co], got "
+                                      f"{tuple(base.shape)} and {tuple(leaders.shape)}")
+    _check_routing("compose", idx, scores, leaders.shape[0], "leaders")
     resolved = resolve(backend, base, leaders)
     if needs_custom_op(base, leaders, scores):
         return _compose(base, leaders, idx, scores, resolved)
@@ -225,7 +283,14 @@ _mix.register_autograd(_mix_backward, setup_context=_mix_setup)
 
 def mix(g0: Tensor, bank: Tensor, idx: Tensor, scores: Tensor, backend: str = "auto") -> Tensor:
     """Folded per-unit kernels ``W[u] = g0 + Σ_j scores[u, j] · bank[idx[u, j]]``:
-    g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three."""
+    g0 ``[Co, R]``, bank ``[L, Co, R]`` → ``[U, Co, R]``; differentiable in all three.
+    Shapes and dtypes are checked (``ValueError`` naming the argument); ``idx`` values must
+    lie in ``[0, L)`` (not read, to keep the call free of device synchronisation)."""
+    _check_tensors("mix", g0=g0, bank=bank)
+    if g0.dim() != 2 or bank.dim() != 3 or tuple(bank.shape[1:]) != tuple(g0.shape):
+        raise _shape_error("mix", f"g0 must be [Co, R] and bank [L, Co, R], got "
+                                  f"{tuple(g0.shape)} and {tuple(bank.shape)}")
+    _check_routing("mix", idx, scores, bank.shape[0], "bank rows")
     resolved = resolve(backend, g0, bank)
     if needs_custom_op(g0, bank, scores):
         return _mix(g0, bank, idx, scores, resolved)
