@@ -90,7 +90,8 @@ def cosine_stats(u: torch.Tensor, p: torch.Tensor, chunk: int | None = None
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pixel ``(u·p, ‖u‖², ‖p‖²)`` over channels, each ``[U, H, W]`` in
     :func:`compute_dtype`; u and p are read once, chunk by chunk (``chunk`` elements per
-    operand, default: 4 MiB on the CPU, the whole tensor on CUDA)."""
+    operand, default: :data:`CHUNK_ELEMENTS` = 2²¹ on the CPU, 8 MiB of fp32; the whole
+    tensor on CUDA)."""
     U, C, H, W = u.shape
     P = H * W
     dtype = compute_dtype(u, p)

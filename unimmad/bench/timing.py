@@ -57,7 +57,7 @@ def do_bench_ms(fn: Callable[[], object], rep: int = 100, warmup: int = 25,
                 grad_to_none: Optional[List[torch.Tensor]] = None) -> float:
     """Median time (ms) of ``fn`` on CUDA by ``triton.testing.do_bench`` (CUDA events, L2
     flushed between calls; ``rep``/``warmup`` in ms; the gradients of ``grad_to_none``
-    cleared between calls)."""
+    cleared between calls; the defaults are ``do_bench``'s)."""
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none,
                                          return_mode="median"))
 

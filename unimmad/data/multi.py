@@ -109,7 +109,7 @@ class ClassBalancedSampler(Sampler[int]):
         class_names: the class of every sample (``dataset.class_names``), or a dataset
             exposing ``class_names``.
         num_samples: indices per epoch.
-        seed: base seed.
+        seed: base seed (default 0).
     """
 
     def __init__(self, class_names, num_samples: Optional[int] = None, seed: int = 0):
