@@ -45,6 +45,10 @@ def test_recorded_launches_are_what_a_gpu_gets(specs):
     assert {s["args"]["PRECISION"] for s in conv} == {"tf32", "ieee"}
     compose = next(s for s in specs if s["name"] == "_compose_kernel")
     assert (compose["args"]["BLOCK_O"], compose["args"]["BLOCK_R"]) == (32, 128)
+    # the folded-kernel mix at the paper's E = 256, k = 3: one [256, 9·256] kernel per unit
+    mix = [s for s in specs if s["name"] == "_mix_kernel"]
+    assert mix and {s["args"]["SIZE"] for s in mix} == {256 * 9 * 256}
+    assert {s["args"]["BLOCK"] for s in mix} == {2048}
     # NCHW inputs reach the conv channels-last (the launcher converts them)
     assert all(s["args"]["sxc"] == 1 for s in conv)
     cos = [s for s in specs if s["name"] == "_cos_kernel"]
