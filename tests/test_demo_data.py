@@ -82,3 +82,81 @@ def test_plate_is_a_disc_on_a_dome_of_height_0_15(demo):
     assert np.array_equal(valid, r < 0.42)
     want = 1.0 + 0.15 * np.sqrt(np.clip(1 - (r / 0.42) ** 2, 0, None))
     np.testing.assert_allclose(xyz[..., 2][valid], want[valid], atol=0.006)
+
+
+def _count(folder):
+    return len(os.listdir(folder)) if os.path.isdir(folder) else 0
+
+
+def test_file_counts_per_split_and_kind(demo):
+    """2 training items per class; the test split: 2 good, then test_bad = 6 defects,
+    ceil-half colour blobs and half dents for the 3-D classes, 6 lesions for the scan."""
+    for cls in ("plate", "tile"):
+        root = os.path.join(demo["mvtec3d"], cls)
+        assert sorted(os.listdir(root)) == ["test", "train"]
+        assert os.listdir(os.path.join(root, "train")) == ["good"]
+        assert _count(os.path.join(root, "train", "good", "rgb")) == 2
+        assert _count(os.path.join(root, "train", "good", "xyz")) == 2
+        assert not os.path.exists(os.path.join(root, "train", "good", "gt"))
+        assert sorted(os.listdir(os.path.join(root, "test"))) == ["color", "dent", "good"]
+        for kind, n in (("good", 2), ("color", 3), ("dent", 3)):
+            for sub in ("rgb", "xyz", "gt"):
+                names = sorted(os.listdir(os.path.join(root, "test", kind, sub)))
+                ext = ".tiff" if sub == "xyz" else ".png"
+                assert names == [f"{i:03d}{ext}" for i in range(n)], (cls, kind, sub)
+    assert _count(os.path.join(demo["scan"], "test", "good", "img")) == 2
+    assert _count(os.path.join(demo["scan"], "test", "Ungood", "img")) == 6
+
+
+def test_odd_defect_counts_give_the_extra_one_to_colour(tmp_path):
+    paths = make_demo_data(str(tmp_path), size=32, train_per_class=1, test_good=1, test_bad=3)
+    t = os.path.join(paths["mvtec3d"], "plate", "test")
+    assert _count(os.path.join(t, "color", "rgb")) == 2 and _count(os.path.join(t, "dent", "rgb")) == 1
+    assert _count(os.path.join(t, "good", "rgb")) == 1
+
+
+def test_3d_defects_paint_what_their_masks_say(demo):
+    """Colour blobs: inside the mask the colour is u·(1, 0.2, 0.2) + (0, 0.6, 0) for one
+    random u ∈ [0, 1]³ (greenish, one colour per blob); outside, the normal object.  Dents
+    darken the photo by 0.7 inside the mask.  Good items' masks are empty; every mask lies
+    on the object (inside its valid points)."""
+    for cls in ("plate", "tile"):
+        t = os.path.join(demo["mvtec3d"], cls, "test")
+        for i in range(3):
+            rgb = _png(os.path.join(t, "color", "rgb", f"{i:03d}.png")) / 255
+            mask = _png(os.path.join(t, "color", "gt", f"{i:03d}.png")) > 127
+            assert mask.sum() > 20
+            blob = rgb[mask]
+            assert np.ptp(blob, axis=0).max() <= 0.05                     # one colour + noise
+            c = blob.mean(0)
+            assert 0.6 - 0.04 <= c[1] <= 0.8 + 0.04 and c[2] <= 0.2 + 0.04 and c[0] <= 1.0
+            valid = np.any(_xyz(demo, cls, "test", "color", i) != 0, axis=-1)
+            assert not (mask & ~valid).any()
+            out = rgb[valid & ~mask]
+            assert out[:, 2].min() >= 0.25           # the object's shading (blobs have B <= 0.24)
+        for i in range(3):
+            mask = _png(os.path.join(t, "dent", "gt", f"{i:03d}.png")) > 127
+            rgb = _png(os.path.join(t, "dent", "rgb", f"{i:03d}.png")) / 255
+            valid = np.any(_xyz(demo, cls, "test", "dent", i) != 0, axis=-1)
+            assert mask.any() and not (mask & ~valid).any()
+            ratio = rgb[mask].mean() / rgb[valid & ~mask].mean()
+            assert 0.6 < ratio < 0.8, ratio
+        for i in range(2):
+            assert not (_png(os.path.join(t, "good", "gt", f"{i:03d}.png")) > 0).any()
+
+
+def test_scan_is_rings_inside_r_045_and_flat_outside(demo):
+    """The scan: 0.4 + 0.25·cos(2π·5·r + φ) inside r < 0.45 of the side, 0.4 outside
+    (noise σ = 0.01)."""
+    img = _png(os.path.join(demo["scan"], "train", "good", "img", "000.png")) / 255
+    n = img.shape[0]
+    c = np.arange(n) / n
+    r = np.sqrt((c[:, None] - 0.5) ** 2 + (c[None, :] - 0.5) ** 2)
+    outside = r >= 0.45
+    assert abs(img[outside].mean() - 0.4) < 0.01 and img[outside].std() < 0.02
+    inside = img[r < 0.45]
+    assert inside.min() < 0.2 and inside.max() > 0.6                  # ring amplitude 0.25
+    phases = np.linspace(0, 0.5, 51)
+    err = [np.abs(img[~outside] - (0.4 + 0.25 * np.cos(2 * np.pi * 5 * r[~outside] + ph))).mean()
+           for ph in phases]
+    assert min(err) < 0.012                                            # noise and rounding
