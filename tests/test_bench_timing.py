@@ -65,3 +65,21 @@ def test_cuda_timer_defaults_are_tritons():
     theirs = inspect.signature(triton.testing.do_bench).parameters
     assert ours["rep"].default == theirs["rep"].default == 100
     assert ours["warmup"].default == theirs["warmup"].default == 25
+
+
+def test_run_script_exit_statuses(capsys):
+    """A GPU script's status: 0 when ``main`` returns, 130 (with one line, no traceback)
+    on Ctrl-C; ``main`` gets the given argv as a list, or None."""
+    from unimmad.bench.record import run_script
+    seen = []
+    assert run_script(lambda argv: seen.append(argv)) == 0
+    assert run_script(lambda argv: seen.append(argv), ("--x", "1")) == 0
+    assert seen == [None, ["--x", "1"]]
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    assert run_script(interrupted, []) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted: results so far are written\n"
+    with pytest.raises(ValueError):
+        run_script(lambda argv: (_ for _ in ()).throw(ValueError("boom")), [])
