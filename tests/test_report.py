@@ -57,3 +57,27 @@ def test_report_uses_latency_measured_in_the_isolated_process(tmp_path):
     text = build(str(tmp_path), str(tmp_path / "R.md"), str(tmp_path / "p.png"))
     assert "| memory-inference-B1-M2 | torch[all] | 1000.0 | — | 1 | 2.00× | 2100 | 866 |" in text
     assert "cache MB" in text
+
+
+def test_tables_write_fractions_as_percent_or_plain_numbers():
+    """Markdown: percent with 2 decimals by default ("–" for NaN); CSV: plain fractions with
+    6 decimals ("nan"), or percent when asked; counts stay integers; means skip NaN."""
+    from unimmad.metrics.report import MetricsReport
+    rep = MetricsReport.from_results(
+        {("mvtec", "bottle_mvtec"): {"image_AUROC": 0.934568, "pixel_AUROC": float("nan")},
+         ("mvtec", "cable_mvtec"): {"image_AUROC": 0.5, "pixel_AUROC": 0.25}},
+        num_images={("mvtec", "bottle_mvtec"): 5, ("mvtec", "cable_mvtec"): 7})
+    md = rep.to_markdown().splitlines()
+    assert md[0].endswith("; values in %")
+    assert md[2] == "| dataset | class | n | image_AUROC | pixel_AUROC |"
+    assert md[4] == "| mvtec | bottle_mvtec | 5 | 93.46 | – |"
+    assert md[5] == "| mvtec | cable_mvtec | 7 | 50.00 | 25.00 |"
+    assert md[6] == "| mvtec | **mean** | 2 | 71.73 | 25.00 |"     # (93.4568 + 50) / 2
+    plain = rep.to_markdown(percent=False, digits=3).splitlines()
+    assert "values in %" not in plain[0]
+    assert plain[4] == "| mvtec | bottle_mvtec | 5 | 0.934568 | nan |"   # at least 6 decimals
+    csv_rows = rep.to_csv().splitlines()
+    assert csv_rows[1].startswith("mvtec,bottle_mvtec,5,0.934568,nan,")
+    assert csv_rows[3].startswith("mvtec,mean,2,0.717284,0.250000,")
+    assert rep.to_csv(percent=True, digits=1).splitlines()[1].startswith(
+        "mvtec,bottle_mvtec,5,93.5,–,")
