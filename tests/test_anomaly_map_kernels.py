@@ -149,6 +149,32 @@ def test_chunk_target_is_the_cpu_constant_and_whole_tensors_on_cuda():
     assert amap_torch._chunk_target(torch.device("cuda")) >= 1 << 62
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_loss_gradient_is_rounded_once_to_a_low_precision_output(channels_last):
+    """``focal_cosine_grad`` with bf16 x, y and fp32 coefficients: the sum is formed in fp32
+    and rounded once to bf16 (chunk by chunk through an fp32 buffer) — not product by
+    product in bf16, which differs in a large share of the elements."""
+    g_ = torch.Generator().manual_seed(5)
+    U, C, H, W = 3, 6, 5, 7
+    x = torch.randn(U, C, H, W, generator=g_).bfloat16()
+    y = torch.randn(U, C, H, W, generator=g_).bfloat16()
+    if channels_last:
+        x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
+    ca, cb = torch.randn(U, H, W, generator=g_), torch.randn(U, H, W, generator=g_)
+    g = torch.rand(U, generator=g_) + 0.5
+    c0, c1 = (ca * g[:, None, None])[:, None], (cb * g[:, None, None])[:, None]
+    want = (x.float() * c0 + y.float() * c1).bfloat16()
+    for chunk in (None, 40):
+        out = amap_torch.focal_cosine_grad(g, ca, cb, x, y, chunk=chunk)
+        assert out.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert (out != want).float().mean() < 0.01
+        torch.testing.assert_close(out.float(), want.float(), rtol=1e-2, atol=1e-2)
+    # fp32 in, fp32 out: written in place, the same values
+    out32 = amap_torch.focal_cosine_grad(g, ca, cb, x.float(), y.float())
+    torch.testing.assert_close(out32, x.float() * c0 + y.float() * c1, rtol=1e-6, atol=1e-6)
+
+
 def test_csr_groups_units_by_sample():
     uts = torch.tensor(RAGGED + [5])          # sample 4 has no unit
     order, offsets = amap_triton._csr(uts, 6)
