@@ -263,3 +263,15 @@ def test_cmoe_timing_bars_follow_quiet(tmp_path, capsys, quiet):
           "--sections", "cmoe", "--cache", "all"] + (["--quiet"] if quiet else []))
     err = capsys.readouterr().err
     assert ("cmoe/L1/" in err) is not quiet and ("cmoe/L3/" in err) is not quiet
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_model_and_train_timing_bars_follow_quiet(tmp_path, capsys, quiet):
+    """The model and training sections draw one timing bar per provider
+    (``<section>/B<b>-M<m>/<provider>``) on stderr unless ``--quiet``."""
+    main(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "1", "--warmup", "0",
+          "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--no-flops",
+          "--sections", "model,train", "--cache", "none"] + (["--quiet"] if quiet else []))
+    err = capsys.readouterr().err
+    for bar in ("model/B1-M1/reference", "model/B1-M1/torch", "train/B1-M1/reference"):
+        assert (bar in err) is not quiet, bar
