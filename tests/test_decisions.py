@@ -382,3 +382,22 @@ def test_a_depth_file_given_as_a_gray_image_counts_zero_as_invalid(tmp_path):
                      modalities=["rgb", "depth"])
     assert item.shape == (3, 3, 8, 8) and torch.isfinite(item).all()
     assert (item[2] == 0).all() and item[1].abs().sum() > 0
+
+
+def test_thresholds_table_rows_per_class_and_overall():
+    """One row per class (sorted) and the overall row, each with both levels' threshold
+    (4 significant digits) and rule (F1 with 3 decimals when set by it); '—' where a level
+    has no record."""
+    from unimmad.engine.evaluate import thresholds_table
+    img = {"threshold": 0.123456, "rule": "f1_optimal", "f1": 0.87654}
+    pix = {"threshold": 0.5, "rule": "normal_only", "f1": None}
+    table = thresholds_table({"classes": {"b_x": {"image": img, "pixel": pix},
+                                          "a_x": {"image": img}},
+                              "overall": {"image": pix, "pixel": img}})
+    assert table.splitlines() == [
+        "| class | image threshold | rule | pixel threshold | rule |",
+        "|---|---:|---|---:|---|",
+        "| a_x | 0.1235 | f1-optimal (F1 0.877) | — | — |",
+        "| b_x | 0.1235 | f1-optimal (F1 0.877) | 0.5 | normal-only |",
+        "| **overall** | 0.5 | normal-only | 0.1235 | f1-optimal (F1 0.877) |"]
+    assert thresholds_table({}).splitlines()[-1] == "| **overall** | — | — | — | — |"

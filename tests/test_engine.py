@@ -150,6 +150,23 @@ def test_train_config_validation():
                               "is_main": True})())
 
 
+def test_epoch_record_is_the_mean_of_its_steps(tmp_path):
+    """An epoch's loss parts are the means over its steps (each step logged with
+    ``log_every=1``), with the step count; the summaries fit() returns are the logged ones."""
+    import json
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=4, samples_per_epoch=12, device="cpu",
+                      progress=False, out_dir=str(tmp_path), seed=0, log_every=1)
+    trainer = Trainer(UniMMAD(UniMMADConfig.tiny()), SyntheticSet(12), cfg)
+    (summary,) = trainer.fit()
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    steps = [r for r in log if r["type"] == "step"]
+    assert len(steps) == summary["steps"] == 3
+    for key in ("loss", "dec", "moe"):
+        assert summary[key] == pytest.approx(sum(r[key] for r in steps) / 3, rel=1e-12)
+    assert [r for r in log if r["type"] == "epoch"][0]["loss"] == summary["loss"]
+
+
 def _train_steps(rank, world, steps, out_dir, optimizer):
     # float64: 2 ranks x 2 samples and 1 process x 4 samples sum in different orders; in
     # float32 that rounding, amplified by 3 SGD steps, reached 1.8e-5 in the loss on a loaded
