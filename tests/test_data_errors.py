@@ -276,6 +276,20 @@ def test_size_limit_applies_to_tiff_and_npy(tmp_path, monkeypatch):
         io.read_npy(tmp_path / "a.npy")
 
 
+def test_npy_limit_counts_both_sides_of_a_tall_array(tmp_path, monkeypatch):
+    """The limit is on height × width: a 40 × 10 array is 400 pixels (a 10 × 10 one fits)."""
+    import unimmad.data.io as io
+    np.save(tmp_path / "tall.npy", np.zeros((40, 10), np.float32))
+    np.save(tmp_path / "wide.npy", np.zeros((10, 40), np.float32))
+    np.save(tmp_path / "small.npy", np.zeros((10, 10, 3), np.float32))
+    monkeypatch.setattr(io, "MAX_PIXELS", 300)
+    with pytest.raises(D.DataReadError, match=r"tall\.npy: \.npy array header claims 10×40 = 400"):
+        io.read_npy(tmp_path / "tall.npy")
+    with pytest.raises(D.DataReadError, match=r"wide\.npy: \.npy array header claims 40×10 = 400"):
+        io.read_npy(tmp_path / "wide.npy")
+    assert io.read_npy(tmp_path / "small.npy").shape == (10, 10, 3)
+
+
 # ----------------------------------------------------------------------------- misalignment
 def test_mvtec3d_xyz_of_another_size_names_both_files(tmp_path):
     import tifffile

@@ -249,6 +249,7 @@ def test_render_depth_orientation():
     d, valid = D.render_depth(v, 4)
     assert valid.sum() == 4
     assert d[-1, 0] == 1.0 and d[-1, -1] == 2.0 and d[0, 0] == 3.0 and d[0, -1] == 5.0
+    assert np.all(d[~valid] == 0.0) and d.shape == valid.shape == (4, 4)    # no vertex: 0
 
 
 def test_brats(roots):

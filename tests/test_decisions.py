@@ -200,6 +200,24 @@ def _rows(out):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_predict_progress_follows_quiet(small, tmp_path, monkeypatch, quiet):
+    """``unimmad predict`` asks for the progress bar unless ``--quiet`` (tqdm itself then
+    hides it where stderr is not a terminal, as here)."""
+    import unimmad.cli as cli
+    seen = {}
+
+    def fake(*a, **kw):
+        seen.update(kw)
+        return []
+    monkeypatch.setattr(cli, "predict_files", fake)
+    img = os.path.join(small["paths"]["scan"], "test", "good", "img", "000.png")
+    argv = ["predict", "--checkpoint", small["ckpt"], "--out", str(tmp_path / "p"),
+            "--device", "cpu", "--no-overlays", img] + (["--quiet"] if quiet else [])
+    assert main(argv) == 0
+    assert seen["progress"] is (not quiet) and seen["overlays"] is False
+
+
 def test_predict_folder_and_glob_write_labels_masks_and_maps(small, tmp_path):
     scan = os.path.join(small["paths"]["scan"], "test")
     out = str(tmp_path / "pred")
