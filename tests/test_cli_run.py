@@ -283,3 +283,39 @@ def test_train_with_replay_mixes_in_each_earlier_class(data, tmp_path, monkeypat
     assert sorted(set(ts.class_names)) == ["plate_mvtec3d", "tile_mvtec3d"]
     saved = json.load(open(tmp_path / "r" / "run_config.json"))
     assert saved["data"]["replay"]["earlier"][0]["classes"] == ["tile"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_each_command_asks_for_progress_unless_quiet(data, trained, tmp_path, monkeypatch,
+                                                     quiet):
+    """``train`` (``train.progress`` kept unless ``--quiet``), ``eval`` and ``demo`` pass
+    progress = not --quiet to the work they start (tqdm hides bars off a terminal)."""
+    import unimmad.cli as cli
+    q = ["--quiet"] if quiet else []
+    monkeypatch.setattr(cli, "Trainer", _RecordingTrainer)
+    argv = _train_args(data, str(tmp_path / "t"), "train.progress=true")
+    assert main(argv[:1] + q + argv[1:]) == 0
+    assert _RecordingTrainer.seen["config"].progress is (not quiet)
+
+    seen = {}
+
+    class Report:
+        thresholds = {}
+
+        def to_markdown(self):
+            return "table"
+
+    def fake_evaluate(*a, **kw):
+        seen["eval"] = kw["progress"]
+        return Report()
+
+    def fake_demo(out, epochs, seed, progress):
+        seen["demo"] = progress
+        return Report()
+    monkeypatch.setattr(cli, "evaluate", fake_evaluate)
+    monkeypatch.setattr(cli, "run_demo", fake_demo)
+    assert main(["eval", "--checkpoint", os.path.join(trained, "weights"), "--device", "cpu",
+                 "--set", f"eval.out_dir={tmp_path / 'e'}", "eval.store_thresholds=false"]
+                + q) == 0
+    assert main(["demo", "--out", str(tmp_path / "d")] + q) == 0
+    assert seen == {"eval": not quiet, "demo": not quiet}
