@@ -275,3 +275,28 @@ def test_model_and_train_timing_bars_follow_quiet(tmp_path, capsys, quiet):
     err = capsys.readouterr().err
     for bar in ("model/B1-M1/reference", "model/B1-M1/torch", "train/B1-M1/reference"):
         assert (bar in err) is not quiet, bar
+
+
+@pytest.mark.parametrize("loads, shown", [
+    ([(1.25, 1.0, 1.0), (2.5, 1.0, 1.0)], "1.2→2.5"),
+    ([(1.0, 1.0, 1.0), None], None),
+    ([None, (1.0, 1.0, 1.0)], None),
+])
+def test_rows_record_the_load_and_show_it_only_when_both_ends_are_known(tmp_path, monkeypatch,
+                                                                         loads, shown):
+    """Each model row records the 1/5/15-minute load before and after it; the table's
+    ``load_1m`` text needs both (a platform without load averages gives None)."""
+    import itertools
+    import json
+
+    import unimmad.bench.sections as S
+    seq = itertools.cycle(loads)
+    monkeypatch.setattr(S, "load_average", lambda: next(seq))
+    main(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "1", "--warmup", "0",
+          "--iters", "1", "--out", str(tmp_path), "--no-isolate", "--quiet", "--no-flops",
+          "--sections", "model", "--providers", "reference"])
+    (row,) = [r for r in json.load(open(tmp_path / "bench.json"))["results"]
+              if r["section"] == "model"]
+    assert (row["load_avg_start"], row["load_avg_end"]) == tuple(
+        None if v is None else list(v) for v in loads)
+    assert row.get("load_1m") == shown

@@ -283,6 +283,9 @@ def test_brats_release_channel_stack(roots):
     stack = D.BraTS2020(root, "test", channel_stack=("flair", "t1", "t2"), preprocess=PRE)
     sep = D.BraTS2020(root, "test", modalities=("flair", "t1", "t2"), preprocess=PRE)
     assert len(stack) == len(sep) and stack.labels == sep.labels
+    for r in stack.records:          # listed under its first stacked sequence, all three read
+        assert r.files == (("mri", r.extra[1][0]),) and r.files[0][1].endswith("_flair.nii")
+        assert [p.rsplit("_", 1)[1] for p in r.extra[1]] == ["flair.nii", "t1.nii", "t2.nii"]
     for i in (0, stack.labels.index(1)):
         a, b = stack[i], sep[i]
         check_sample(a, 1, "brats", 10.0)
