@@ -83,3 +83,14 @@ def test_run_script_exit_statuses(capsys):
     assert err == "interrupted: results so far are written\n"
     with pytest.raises(ValueError):
         run_script(lambda argv: (_ for _ in ()).throw(ValueError("boom")), [])
+
+
+def test_ms_fields_rates_and_fractions_of_the_ceilings():
+    from unimmad.bench.record import ms_fields
+    got = ms_fields(2.0, flop=4e12, nbytes=6e9, ceiling_tflops=4000.0, ceiling_gbps=6000.0)
+    assert got == pytest.approx({"ms": 2.0, "tflops": 2000.0, "fraction_of_matmul": 0.5,
+                                 "gbps": 3000.0, "fraction_of_copy": 0.5})
+    assert ms_fields(2.0) == {"ms": 2.0}
+    assert ms_fields(4.0, flop=4e12) == pytest.approx({"ms": 4.0, "tflops": 1000.0})
+    assert ms_fields(4.0, nbytes=4e9, ceiling_gbps=0.0) == pytest.approx({"ms": 4.0,
+                                                                          "gbps": 1000.0})

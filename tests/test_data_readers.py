@@ -518,6 +518,32 @@ def test_channels_after_xyz_are_ignored(extra):
         depth_from_xyz(xyz[..., :2])
 
 
+@pytest.mark.parametrize("shape, shrink", [((3, 128, 32), True), ((3, 32, 128), True),
+                                           ((3, 40, 48), False), ((1, 200, 64), True)])
+def test_resize_antialiases_when_either_side_shrinks(shape, shrink):
+    """Bilinear to [C, 64, 64], antialiased when the height or the width is above 64."""
+    import torch.nn.functional as TF
+
+    from unimmad.data.preprocess import _resize
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    want = TF.interpolate(x[None], size=(64, 64), mode="bilinear", align_corners=False,
+                          antialias=shrink)[0]
+    other = TF.interpolate(x[None], size=(64, 64), mode="bilinear", align_corners=False,
+                           antialias=not shrink)[0]
+    got = _resize(x, 64)
+    assert torch.equal(got, want)
+    if shrink:                                  # (enlarging, antialiasing changes nothing)
+        assert not torch.allclose(got, other)
+    assert _resize(x[:, :64, :64].contiguous(), 64).shape == (shape[0], 64, 64)
+
+
+def test_values_in_messages_are_cut_after_60_characters():
+    from unimmad.data.meta import _describe
+    assert _describe("a" * 58) == "str '" + "a" * 58 + "'"                 # repr of 60 chars
+    assert _describe("a" * 59) == "str '" + "a" * 56 + "..."               # 61: cut to 57 + ...
+    assert _describe(7) == "int 7"
+
+
 def test_preprocess_from_config():
     from unimmad import UniMMADConfig
 

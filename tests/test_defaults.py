@@ -35,6 +35,8 @@ BY_NAME = {
     "backbone_layers": (3, 4, 6), "backbone_base_planes": 64, "base_planes": 64,
     "backbone_width_factor": 2, "width_factor": 2, "fcm_width": 512,
     "fcm_kernel_sizes": (1, 3, 5), "decoder_blocks": (3, 4, 6),
+    # both the FCM's and each C-MoE level's kernel sizes are k ∈ {1, 3, 5}
+    "kernel_sizes": (1, 3, 5),
     # SPEC §1 losses and inference: focal γ = 2, blur σ = 4 on 15 × 15, top 0.1 %
     "focal_gamma": 2.0, "gamma": 2.0, "blur_sigma": 4.0, "blur_kernel_size": 15,
     "sigma": 4.0, "top_fraction": 0.001,

@@ -45,6 +45,9 @@ def test_recorded_launches_are_what_a_gpu_gets(specs):
     assert {s["args"]["PRECISION"] for s in conv} == {"tf32", "ieee"}
     compose = next(s for s in specs if s["name"] == "_compose_kernel")
     assert (compose["args"]["BLOCK_O"], compose["args"]["BLOCK_R"]) == (32, 128)
+    # composition at the paper's N = 8 base experts, E = 256, k = 3
+    assert {(s["args"]["N"], s["args"]["Co"], s["args"]["R"]) for s in specs
+            if s["name"] == "_compose_kernel"} == {(8, 256, 9 * 256)}
     # the folded-kernel mix at the paper's E = 256, k = 3: one [256, 9·256] kernel per unit
     mix = [s for s in specs if s["name"] == "_mix_kernel"]
     assert mix and {s["args"]["SIZE"] for s in mix} == {256 * 9 * 256}
