@@ -13,7 +13,7 @@ import torch
 from unimmad import UniMMAD, UniMMADConfig
 from unimmad.cli import main
 from unimmad.engine import TrainConfig, Trainer, load_checkpoint
-from unimmad.engine.demo import demo_datasets, make_demo_data
+from unimmad.engine.demo import make_demo_data
 from unimmad.engine.runconfig import apply_overrides, load_run_config
 
 
