@@ -94,3 +94,24 @@ def test_ms_fields_rates_and_fractions_of_the_ceilings():
     assert ms_fields(4.0, flop=4e12) == pytest.approx({"ms": 4.0, "tflops": 1000.0})
     assert ms_fields(4.0, nbytes=4e9, ceiling_gbps=0.0) == pytest.approx({"ms": 4.0,
                                                                           "gbps": 1000.0})
+
+
+def test_json_record_budget_counts_from_when_it_was_opened(tmp_path, monkeypatch):
+    """``elapsed`` is the time since the record was opened (a fake clock here): within the
+    budget rows are measured, past it they are recorded as skipped."""
+    import json
+
+    import unimmad.bench.record as R
+    clock = [1000.0]
+    monkeypatch.setattr(R.time, "monotonic", lambda: clock[0])
+    rec = R.JsonRecord(str(tmp_path / "r.json"), {"m": 1}, budget_s=10.0)
+    clock[0] = 1004.0
+    assert rec.elapsed() == 4.0 and not rec.over_budget()
+    assert rec.row({"i": 0}, lambda: {"ms": 1.0}) == {"i": 0, "ms": 1.0, "error": None}
+    clock[0] = 1010.5
+    assert rec.elapsed() == 10.5 and rec.over_budget()
+    assert rec.row({"i": 1}, lambda: {"ms": 1.0}) is None
+    data = json.load(open(tmp_path / "r.json"))
+    assert data["rows"] == [{"i": 0, "ms": 1.0, "error": None}]
+    assert data["skipped"] == [{"i": 1, "why": "time budget"}] and data["wall_s"] == 10.5
+    assert not R.JsonRecord(str(tmp_path / "s.json"), {}, budget_s=None).over_budget()
