@@ -138,3 +138,15 @@ def test_full_mask_draws_no_contour_and_bad_calls_are_refused(tmp_path, saved):
         save_overlay(str(tmp_path / "y.png"), [], _amap(), scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="low < high"):
         save_overlay(str(tmp_path / "y.png"), _mods(1), _amap(), scale=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("prediction, colour", [
+    ("predicted ANOMALOUS · score 0.9", "firebrick"), ("predicted NORMAL · score 0.1", "darkgreen"),
+    ("score 0.5", "black")])
+def test_a_prediction_without_title_is_the_title_in_its_colour(tmp_path, saved, prediction,
+                                                               colour):
+    save_overlay(str(tmp_path / "x.png"), _mods(1), _amap(), scale=(0.0, 1.0),
+                 prediction=prediction)
+    (fig,) = saved
+    assert fig._suptitle.get_text() == prediction and not _lines(fig)
+    assert matplotlib.colors.to_hex(fig._suptitle.get_color()) == matplotlib.colors.to_hex(colour)

@@ -153,17 +153,18 @@ def save_overlay(path: str, modalities: Sequence[Tuple[str, np.ndarray]],
         ax.set_title(text, fontsize=8)
     for ax in axes:
         ax.axis("off")
-    lines = [t for t in (title, prediction) if t]
-    if lines:
-        color = "black"
-        if prediction and "ANOMALOUS" in prediction:
-            color = "firebrick"
-        elif prediction and "NORMAL" in prediction:
-            color = "darkgreen"
-        fig.suptitle(lines[0], fontsize=9, y=0.99)
-        if len(lines) > 1:
-            fig.text(0.5, 0.905, lines[1], ha="center", va="top", fontsize=9, color=color,
+    color = "black"
+    if prediction and "ANOMALOUS" in prediction:
+        color = "firebrick"
+    elif prediction and "NORMAL" in prediction:
+        color = "darkgreen"
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.99)
+        if prediction:
+            fig.text(0.5, 0.905, prediction, ha="center", va="top", fontsize=9, color=color,
                      fontweight="bold")
+    elif prediction:      # no first line: the prediction is the title, in its colour
+        fig.suptitle(prediction, fontsize=9, y=0.99, color=color, fontweight="bold")
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
