@@ -41,6 +41,10 @@ def _check_tensors(op: str, **tensors: Tensor) -> None:
                             f"got {type(t).__name__}")
 
 
+def _is_index(t: Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 def _check_routing(op: str, idx: Tensor, scores: Tensor, num_rows: int, rows: str) -> None:
     """``idx`` integer and ``scores`` floating, both ``[U, K]`` (values are not read: a range
     check would synchronise the device on every call; callers pass indices < ``num_rows``)."""
@@ -48,7 +52,7 @@ def _check_routing(op: str, idx: Tensor, scores: Tensor, num_rows: int, rows: st
     if idx.dim() != 2 or tuple(scores.shape) != tuple(idx.shape):
         raise _shape_error(op, f"idx and scores must both be [U, K], got {tuple(idx.shape)} "
                                f"and {tuple(scores.shape)}")
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+    if not _is_index(idx):
         raise _shape_error(op, f"idx must hold integer indices into the {num_rows} {rows}, "
                                f"got {idx.dtype}")
     if not scores.dtype.is_floating_point:
@@ -70,7 +74,7 @@ def _check_dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: T
                                        f"{x.shape[1] * k * k}] for x {tuple(x.shape)} and "
                                        f"k={k}, got {tuple(weight.shape)}")
     for name, t in (("job_sample", job_sample), ("job_weight", job_weight)):
-        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        if t.dim() != 1 or not _is_index(t):
             raise _shape_error("dyn_conv", f"{name} must be a 1-D integer tensor, got "
                                            f"{tuple(t.shape)} {t.dtype}")
     if job_sample.shape[0] != job_weight.shape[0]:
@@ -174,9 +178,10 @@ def dyn_conv(x: Tensor, weight: Tensor, job_sample: Tensor, job_weight: Tensor, 
     x ``[B, Ci, H, W]`` (NCHW or channels-last), weight ``[NW, Co, R]`` (bank layout of the
     backend, see :func:`to_bank`), job indices ``[J]`` long → ``[J, Co, H, W]``; stride 1,
     zero padding ``k // 2``; shapes and index dtypes are checked (``ValueError`` naming
-    the argument), index values are not.  Differentiable in ``x`` and ``weight``.  ``precision``: fp32
-    dot precision (default :func:`kernels.backend.default_precision`).  ``same_samples`` /
-    ``same_weights`` promise the index is ``arange`` (lets the torch backend skip a gather).
+    the argument), index values are not.  Differentiable in ``x`` and ``weight``.
+    ``precision``: fp32 dot precision (default :func:`kernels.backend.default_precision`).
+    ``same_samples`` / ``same_weights`` promise the index is ``arange`` (lets the torch
+    backend skip a gather).
     """
     _check_dyn_conv(x, weight, job_sample, job_weight, k)
     args = (x, weight, job_sample, job_weight, int(k), bool(same_samples), bool(same_weights),
