@@ -186,11 +186,19 @@ def _tiny_job(provider, cache, label):
             "cache_mb": None, "label": label}
 
 
-def test_run_interleaved_own_processes_one_call_at_a_time():
+def test_run_interleaved_own_processes_one_call_at_a_time(monkeypatch):
+    import tqdm
+
+    import unimmad.bench.sections as S
     from unimmad.bench.parity import rel_err
     from unimmad.bench.sections import run_interleaved
+    bars = []
+    monkeypatch.setattr(S, "tqdm", lambda **kw: bars.append(kw) or tqdm.tqdm(**kw))
     jobs = [_tiny_job("reference", None, "ref"), _tiny_job("torch", "all", "fast")]
     ref, fast = run_interleaved("model", jobs, warmup=1, iters=3, progress=False)
+    # one bar over every call of every round, hidden here, cleared when done
+    assert [(b["total"], b["desc"], b["disable"], b["leave"]) for b in bars] == [
+        (8, "model (interleaved)", True, False)]
     for res in (ref, fast):
         assert len(res["times_s"]) == len(res["cpu_s"]) == 3 and len(res["call_spans"]) == 4
         assert res["peak_memory_kind"] == "process_peak_rss" and res["peak_memory_mb"] > 0
@@ -275,6 +283,26 @@ def test_model_and_train_timing_bars_follow_quiet(tmp_path, capsys, quiet):
     err = capsys.readouterr().err
     for bar in ("model/B1-M1/reference", "model/B1-M1/torch", "train/B1-M1/reference"):
         assert (bar in err) is not quiet, bar
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_isolated_sections_pass_rounds_and_quiet_to_the_interleaved_run(tmp_path, monkeypatch,
+                                                                        quiet):
+    """Without ``--no-isolate`` each shape's providers are measured by one
+    :func:`run_interleaved` call with the run's warm-up and timed rounds, and its progress
+    bar drawn unless ``--quiet`` (stand-in measuring in-process, to stay fast)."""
+    import unimmad.bench.sections as S
+    seen = []
+
+    def interleaved(kind, jobs, warmup, iters, progress=True):
+        seen.append((kind, [j["label"] for j in jobs], warmup, iters, progress))
+        return [S._measure(kind, dict(j, progress=False)) for j in jobs]
+    monkeypatch.setattr(S, "run_interleaved", interleaved)
+    main(["bench", "--preset", "tiny", "--batch", "1", "--modalities", "1", "--warmup", "2",
+          "--iters", "3", "--out", str(tmp_path), "--no-flops", "--sections", "model,train",
+          "--cache", "none"] + (["--quiet"] if quiet else []))
+    assert seen == [(kind, [f"{kind}/B1-M1/reference", f"{kind}/B1-M1/torch[none]"], 2, 3,
+                     not quiet) for kind in ("model", "train")]
 
 
 @pytest.mark.parametrize("loads, shown", [

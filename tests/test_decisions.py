@@ -121,6 +121,36 @@ def test_pixel_threshold_exact_and_binned(bins):
     assert not is_anomalous(maps[:3], rec).any()
 
 
+@pytest.mark.parametrize("pos_where", ["inside", "below", "above"])
+def test_pixel_threshold_statistics_are_the_scores_own(pos_where):
+    # the statistics behind a record, against numpy: normal min / max / std and the range
+    # of all scores, whichever side the defect scores lie on
+    from unimmad.metrics.pixel import ExactPixelStore, PixelHistogram
+    rng = np.random.default_rng(11)
+    neg = rng.uniform(0.3, 0.7, 200)
+    pos = {"inside": rng.uniform(0.4, 0.6, 30), "below": rng.uniform(0.0, 0.2, 30),
+           "above": rng.uniform(0.8, 1.0, 30)}[pos_where]
+    exact = ExactPixelStore()
+    exact.add(neg[:120], pos[:10], np.ones(10), 1)
+    exact.add(neg[120:], pos[10:], np.ones(20), 1)
+    st = exact.threshold_stats()
+    both = np.concatenate((neg, pos))
+    assert (st["min_normal"], st["max_normal"]) == (neg.min(), neg.max())
+    assert st["std_normal"] == pytest.approx(neg.std(), rel=1e-12)
+    assert (st["low"], st["high"]) == (both.min(), both.max())
+    assert (st["num_normal"], st["num_anomalous"]) == (200, 30)
+    # the histogram's bounds hold the true values within one bin
+    hist = PixelHistogram(num_bins=1024)
+    hist.add(neg, pos, np.ones(30), 1)
+    hs = hist.threshold_stats()
+    width = (both.max() - both.min()) / 1024
+    for key, want in (("min_normal", neg.min()), ("max_normal", neg.max()),
+                      ("low", both.min()), ("high", both.max())):
+        assert abs(hs[key] - want) <= width, key
+    assert hs["std_normal"] == pytest.approx(neg.std(), rel=1e-2)
+    assert (hs["num_normal"], hs["num_anomalous"]) == (200, 30)
+
+
 # ----------------------------------------------------------------------------- normalisation
 def test_normalisation_puts_the_threshold_at_one_half():
     rec = {"threshold": 0.3, "low": 0.1, "high": 0.9}

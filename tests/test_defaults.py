@@ -274,3 +274,11 @@ def test_compile_check_limits_are_hoppers():
     assert compile_check.SHARED_LIMIT == 227 * 1024
     assert _d(compile_check.compile_specs)["capability"] == 90
     assert {"_dyn_conv_kernel", "_wgrad_kernel"} <= set(compile_check.NO_SPILL)
+
+
+def test_each_exception_has_its_own_stated_default():
+    # the exceptions to the by-name table are defaults too: the demo's readers stay quiet
+    # (run_demo's own bar shows the progress)
+    from unimmad.engine import demo
+    assert _d(demo.demo_datasets)["progress"] is False
+    assert {q for _, q in EXCEPTIONS} == {"unimmad.engine.demo.demo_datasets"}

@@ -247,6 +247,22 @@ def test_commit_travels_to_a_copy_without_git(tmp_path, monkeypatch):
     assert meta.provenance(str(src))["dirty"] is True
 
 
+def test_source_files_are_the_code_folders_and_top_level_configs(tmp_path):
+    # what decides a benchmark: .py/.sh/.ini/.cfg/.toml/.txt under kernels/, unimmad/,
+    # benchmarks/, tests/ and at the top level; never caches, stored results, other
+    # folders, other extensions, or the digest file itself
+    for rel in ("setup.py", "pytest.ini", "notes.md", "kernels/a.py", "kernels/sub/b.sh",
+                "kernels/__pycache__/a.cpython-312.pyc", "kernels/__pycache__/c.py",
+                "benchmarks/results/r.txt", "benchmarks/results/deep/x.py",
+                "benchmarks/gpu_suite.sh", "benchmarks/x.json", "tests/t.py", "docs/d.py",
+                "unimmad/m.toml", meta.SOURCE_FILE):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    assert meta.source_files(str(tmp_path)) == [
+        "benchmarks/gpu_suite.sh", "kernels/a.py", "kernels/sub/b.sh", "pytest.ini",
+        "setup.py", "tests/t.py", "unimmad/m.toml"]
+
+
 # ----------------------------------------------------------------------------- GPU image
 #: Import names of the Python packages the GPU machine's image holds (its KINDS.md list) —
 #: everything the suite imports must be among them or in the standard library.

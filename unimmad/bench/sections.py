@@ -236,6 +236,8 @@ def run_interleaved(kind: str, jobs: List[Dict], warmup: int, iters: int,
     :func:`measure_train_step`, plus ``cpu_s``: the process CPU seconds of each timed call,
     all threads — less sensitive to other processes' load than wall-clock time — and
     ``call_spans``: ``time.monotonic()`` start and end of every call, warm-up included)."""
+    if not jobs:
+        raise ValueError("run_interleaved: no jobs to measure")
     ctx = mp.get_context("spawn")
     procs, conns = [], []
     try:
