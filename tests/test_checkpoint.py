@@ -365,6 +365,27 @@ def test_an_interruption_between_the_commit_renames_keeps_the_previous_folder(ti
     assert load_checkpoint(d)["config"]["n"] == 1
 
 
+def test_a_stale_folder_that_cannot_be_removed_does_not_stop_the_cleanup(tmp_path, monkeypatch):
+    # clean-up of what interrupted saves left is best effort: a part that refuses deletion
+    # (permissions, a file held open elsewhere) neither raises nor stops the other entries
+    stuck = tmp_path / ".w.tmp-0123abcd"
+    (stuck / "sub").mkdir(parents=True)
+    (stuck / "sub" / "stuck.bin").write_bytes(b"x")
+    (stuck / "free.bin").write_bytes(b"x")
+    (tmp_path / ".v.tmp-4567cdef").write_bytes(b"x")
+    real = os.unlink
+
+    def unlink(path, *a, **k):
+        if os.fspath(path).endswith("stuck.bin"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(os, "unlink", unlink)
+    done = clean_stale(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in done) == [".v.tmp-4567cdef", ".w.tmp-0123abcd"]
+    assert not (tmp_path / ".v.tmp-4567cdef").exists()
+    assert (stuck / "sub" / "stuck.bin").exists() and not (stuck / "free.bin").exists()
+
+
 def test_stale_temporaries_are_removed_by_the_next_save_and_at_trainer_start(tiny_model, tmp_path,
                                                                              monkeypatch):
     out = tmp_path / "run"

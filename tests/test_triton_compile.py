@@ -59,6 +59,60 @@ def test_recorded_launches_are_what_a_gpu_gets(specs):
 
 
 @needs_interpreter
+def test_recorded_shapes_are_the_documented_cases(specs):
+    """The sizes representative_launches documents: the conv at the paper's 256 channels
+    on 16 × 16 for k = 1, 3, 5 and at 20 → 24 channels on 7 × 9 for k = 5, in bf16/tf32,
+    fp32/tf32 and fp32/ieee (two forward layouts and the input gradient, one weight
+    gradient each; only paper k = 5 swept); the map at 256² for 64 units over the paper's
+    three levels (16 × 64², 32 × 32², 64 × 16²) in both modes, and the odd 30² map of 3
+    units over 20 × 7 × 9 and 12 × 4 × 5."""
+    from unimmad.scoring import top_k_count
+    sizes = {"paper": (256, 256, 16, 16), "odd": (20, 24, 7, 9)}
+    want = {f"{lbl} k={k} {dt} {p}" for dt, p in [("bfloat16", "tf32"), ("float32", "tf32"),
+                                                  ("float32", "ieee")]
+            for lbl, ks in [("paper", (1, 3, 5)), ("odd", (5,))] for k in ks}
+    # per case: (Ci, Co) of the forward launches, of the input gradient's (a conv from the
+    # output channels back), of the weight gradient
+    for name, roles in (("_dyn_conv_kernel", ("fwd", "fwd", "dgrad")),
+                        ("_wgrad_kernel", ("fwd",))):
+        launches = [s for s in specs if s["name"] == name]
+        assert {s["case"] for s in launches} == want, name
+        for case in want:
+            label, k, dt, _ = case.split()
+            ci, co, h, w = sizes[label]
+            got = sorted((s["args"]["Ci"], s["args"]["Co"], s["args"]["H"], s["args"]["W"],
+                          s["args"]["KS"], s["args"]["R"]) for s in launches
+                         if s["case"] == case)
+            k = int(k[2:])
+            assert got == sorted((ci, co, h, w, k, k * k * ci) if r == "fwd" else
+                                 (co, ci, h, w, k, k * k * co) for r in roles), (name, case)
+        for s in launches:
+            label, k, dt, _ = s["case"].split()
+            assert s["args"]["x_ptr"]["tensor"] == dt
+            assert s["sweep"] is (label == "paper" and k == "k=5")
+    paper = {f"paper {dt} {f}" for dt in ("float32", "bfloat16")
+             for f in ("NCHW", "channels_last")}
+    tiles = [s for s in specs if s["name"] == "_map_tile_kernel"]
+    assert {(s["case"], s["args"]["JOINT"]) for s in tiles} == \
+        {(c, j) for c in paper for j in (False, True)} | {("odd float32 NCHW", False)}
+    for s in tiles:
+        a = s["args"]
+        assert (a["U"], a["L"], a["H"], a["W"]) == ((3, 2, 30, 30) if s["case"].startswith("odd")
+                                                    else (64, 3, 256, 256))
+    levels = {"paper": {(16, 64 * 64), (32, 32 * 32), (64, 16 * 16)},
+              "odd": {(20, 7 * 9), (12, 4 * 5)}}
+    for name in ("_cos_kernel", "_focal_grad_kernel"):
+        for label in levels:
+            got = {(s["args"]["C"], s["args"]["P"]) for s in specs
+                   if s["name"] == name and s["case"].startswith(label)}
+            assert got == levels[label], (name, label)
+    for s in specs:
+        if s["name"] == "_topk_kernel":
+            assert s["args"]["K"] == top_k_count(256 * 256) and s["case"] in paper
+            assert s["args"]["FINAL"] or s["args"]["N"] == 256 * 256
+
+
+@needs_interpreter
 def test_every_kernel_compiles_for_sm90_without_spills(specs, tmp_path):
     path, out_json = tmp_path / "specs.json", tmp_path / "compile.json"
     path.write_text(json.dumps(specs))
