@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -192,10 +193,25 @@ def test_run_interleaved_own_processes_one_call_at_a_time(monkeypatch):
     import unimmad.bench.sections as S
     from unimmad.bench.parity import rel_err
     from unimmad.bench.sections import run_interleaved
-    bars = []
+    bars, contexts, procs = [], [], []
     monkeypatch.setattr(S, "tqdm", lambda **kw: bars.append(kw) or tqdm.tqdm(**kw))
+    real_context = S.mp.get_context
+
+    def get_context(method):               # records the processes it starts
+        ctx = real_context(method)
+        contexts.append(method)
+
+        def process(*a, **k):
+            procs.append(ctx.Process(*a, **k))
+            return procs[-1]
+        return types.SimpleNamespace(Pipe=ctx.Pipe, Process=process)
+    monkeypatch.setattr(S.mp, "get_context", get_context)
     jobs = [_tiny_job("reference", None, "ref"), _tiny_job("torch", "all", "fast")]
     ref, fast = run_interleaved("model", jobs, warmup=1, iters=3, progress=False)
+    # fresh interpreters (spawned), one per provider, daemons (they cannot outlive an
+    # interrupted bench), all ended when the run returns
+    assert contexts == ["spawn"] and len(procs) == 2
+    assert all(p.daemon and not p.is_alive() for p in procs)
     # one bar over every call of every round, hidden here, cleared when done
     assert [(b["total"], b["desc"], b["disable"], b["leave"]) for b in bars] == [
         (8, "model (interleaved)", True, False)]

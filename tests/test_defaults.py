@@ -282,3 +282,17 @@ def test_each_exception_has_its_own_stated_default():
     from unimmad.engine import demo
     assert _d(demo.demo_datasets)["progress"] is False
     assert {q for _, q in EXCEPTIONS} == {"unimmad.engine.demo.demo_datasets"}
+
+
+def test_demo_defaults_are_its_docstrings_and_the_clis():
+    from unimmad.cli import build_parser
+    from unimmad.engine import demo
+    # make_demo_data: 64² pictures; per class 16 training items, 6 good + 6 defective tests
+    d = _d(demo.make_demo_data)
+    assert (d["size"], d["train_per_class"], d["test_good"], d["test_bad"]) == (64, 16, 6, 6)
+    # run_demo: 24 epochs at batch 8 into unimmad_demo/, the same as `unimmad demo`
+    r = _d(demo.run_demo)
+    assert (r["out_dir"], r["epochs"], r["batch_size"], r["data_dir"]) == \
+        ("unimmad_demo", 24, 8, None)
+    args = build_parser().parse_args(["demo"])
+    assert (args.out, args.epochs, args.seed) == (r["out_dir"], r["epochs"], r["seed"])
