@@ -25,7 +25,19 @@ def test_rel_err_of_a_broken_output_is_infinite():
 def test_judge_fails_rows_over_tolerance_and_gives_no_speedup():
     row = {"latency_median_ms": 5.0}
     judge(row, 2e-5, TOL["fp32"], 10.0)
-    assert row["status"] == ("ok" if 2e-5 <= TOL["fp32"] else "FAIL parity")
+    assert (row["status"], row["speedup"]) == ("FAIL parity", None)
+    assert (row["parity_rel_err"], row["parity_tol"]) == (2e-5, 1e-5)
+    # SPEC §3: an error at the tolerance passes (≤), just over it fails
+    edge = {"latency_median_ms": 4.0}
+    judge(edge, 1e-5, 1e-5, 10.0)
+    assert (edge["status"], edge["speedup"]) == ("ok", 2.5)
+    over = {"latency_median_ms": 4.0}
+    judge(over, math.nextafter(1e-5, 1.0), 1e-5, 10.0)
+    assert over["status"] == "FAIL parity"
+    # no reference time (the reference failed or was not run): no speedup
+    alone = {"latency_median_ms": 4.0}
+    judge(alone, 0.0, 1e-5, None)
+    assert (alone["status"], alone["speedup"]) == ("ok", None)
     ok = {"latency_median_ms": 5.0}
     judge(ok, 0.0, TOL["fp32"], 10.0)
     assert ok["status"] == "ok" and ok["speedup"] == 2.0
@@ -35,6 +47,8 @@ def test_judge_fails_rows_over_tolerance_and_gives_no_speedup():
     ref = {"latency_median_ms": 10.0}
     judge(ref, None, TOL["fp32"], 10.0)
     assert ref["status"] == "ok" and ref["speedup"] == 1.0
+    judge(ref, None, TOL["fp32"], None)
+    assert ref["speedup"] is None and ref["parity_rel_err"] is None
 
 
 def test_tolerance_by_dtype():

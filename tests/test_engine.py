@@ -167,6 +167,36 @@ def test_epoch_record_is_the_mean_of_its_steps(tmp_path):
     assert [r for r in log if r["type"] == "epoch"][0]["loss"] == summary["loss"]
 
 
+def test_a_parameter_without_gradient_in_a_step_is_left_alone(tmp_path):
+    """Gradients are cleared to None before each step, so Adam skips a parameter the step's
+    loss does not reach (an expert no unit was routed to) instead of moving it on its
+    momentum from earlier steps."""
+    import itertools
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=2, device="cpu", progress=False,
+                      out_dir=str(tmp_path), accelerate=False)
+    trainer = Trainer(UniMMAD(UniMMADConfig.tiny()), SyntheticSet(4), cfg)
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    a, b = params[0], params[1]
+    calls = itertools.count()
+
+    def loss(images, nm, weight, epoch_pos, anneal_epochs):
+        used = a if next(calls) == 0 else b        # step 1 reaches a, step 2 only b
+        total = (used.float() ** 2).sum()
+        zero = torch.zeros(())
+        return total, {"dec_global": total.detach(), "moe": zero, "balance": zero,
+                       "anneal": zero, "output": None}
+    trainer.wrapped = loss
+    batch = next(iter(trainer.loader))
+    a0 = a.detach().clone()
+    trainer.train_step(batch)
+    a1, b1 = a.detach().clone(), b.detach().clone()
+    assert not torch.equal(a1, a0)
+    trainer.train_step(batch)
+    assert a.grad is None and torch.equal(a.detach(), a1)
+    assert not torch.equal(b.detach(), b1)
+
+
 def _train_steps(rank, world, steps, out_dir, optimizer):
     # float64: 2 ranks x 2 samples and 1 process x 4 samples sum in different orders; in
     # float32 that rounding, amplified by 3 SGD steps, reached 1.8e-5 in the loss on a loaded
