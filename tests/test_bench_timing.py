@@ -1,4 +1,5 @@
 """The CPU timing helper of unimmad.bench: each timed call's duration, not a clock reading."""
+import os
 import time
 
 import pytest
@@ -53,6 +54,17 @@ def test_cpu_peak_memory_counts_live_bytes_from_zero():
         c = torch.empty(131072)
         return b, c
     assert peak_memory_mb(two_then_half, cpu) == 2.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_process_peak_rss_is_the_kernels_high_water_mark_in_mib():
+    # Linux's VmHWM (kB) is the same peak as getrusage's ru_maxrss (KiB)
+    from unimmad.bench.meta import peak_rss_mb
+    got = peak_rss_mb()
+    with open("/proc/self/status") as f:
+        hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    assert got == pytest.approx(hwm_kb / 1024, rel=0.05)
+    assert 20 < got < 64 * 1024                       # MiB of a Python process with torch
 
 
 def test_cuda_timer_defaults_are_tritons():

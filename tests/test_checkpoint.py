@@ -219,6 +219,20 @@ def test_missing_unexpected_and_misshaped_keys_are_listed_with_the_file(tiny_mod
         apply_model_state(_tiny(), sd, "src")
 
 
+@pytest.mark.parametrize("n, shown", [(5, 5), (6, 5)])
+def test_a_long_key_list_shows_five_and_says_there_are_more(tiny_model, n, shown):
+    sd = dict(tiny_model.state_dict())
+    gone = sorted(k for k in sd if k.endswith(".weight"))[:n]
+    for k in gone:
+        sd.pop(k)
+    with pytest.raises(CheckpointError) as e:
+        apply_model_state(_tiny(), sd, "src")
+    own = list(tiny_model.state_dict())
+    listed = ", ".join(sorted(gone, key=own.index)[:shown])      # in the model's order
+    tail = ", ..." if n > 5 else ""
+    assert f"missing ({n}): {listed}{tail});" in str(e.value)
+
+
 # ----------------------------------------------------------------------------- no code runs
 def _evil_pt(path, marker, model):
     torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),

@@ -287,6 +287,11 @@ def test_cmoe_timing_bars_follow_quiet(tmp_path, capsys, quiet):
           "--sections", "cmoe", "--cache", "all"] + (["--quiet"] if quiet else []))
     err = capsys.readouterr().err
     assert ("cmoe/L1/" in err) is not quiet and ("cmoe/L3/" in err) is not quiet
+    if not quiet:        # the reference by its name, the fast path with its memory policy
+        assert "cmoe/L1/reference:" in err and "cmoe/L1/torch[all]:" in err
+        assert "[None]" not in err
+    # the log line of each fast level names the policy too, also when quiet
+    assert re.search(r"cmoe level 2: torch\[all\] \d+\.\d\d× the reference", err)
 
 
 @pytest.mark.parametrize("quiet", [True, False])

@@ -65,6 +65,9 @@ def test_continual_trains_under_ten_percent_at_paper_dims():
     model = UniMMAD(UniMMADConfig())
     share = freeze_for_continual(model)
     assert 0 < share < 0.10
+    kept = set(continual_parameter_names(model))
+    counts = [(p.numel(), n in kept) for n, p in model.named_parameters()]
+    assert share == sum(c for c, k in counts if k) / sum(c for c, _ in counts)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(continual_parameter_names(model))
     assert any(n.endswith("branches.0.leaders") for n in trainable)

@@ -303,6 +303,24 @@ def test_binned_default_reproduces_exact_on_ties(kind, aupro):
             assert err < 1e-12 and bound[k] == 0.0, (k, err, bound[k])
 
 
+def test_aupro_bound_counts_a_part_that_ends_exactly_at_the_limit():
+    """10 normal pixels (FPR steps of 0.1) in 5 bins, limit 0.3: one histogram part's FPR
+    segment ends exactly at the limit.  The histogram cannot tell how that part's defect
+    pixels sit among its normal ones, and here the exact AUPRO differs from the binned one
+    by 1/30: the error bound must count that part (a segment ending at the limit is inside
+    the integral)."""
+    from unimmad.metrics.pixel import ExactPixelStore, PixelHistogram
+    neg = np.array([0.5009, 0.2008, 0.3, 0.0009, 0.00003, 0.0007, 0.1002, 0.8009, 0.6005,
+                    0.9003])
+    pos = np.array([0.5004, 0.6, 0.9001, 0.7007, 0.6006])
+    hist, exact = PixelHistogram(5), ExactPixelStore()
+    for store in (hist, exact):
+        store.add(neg, pos, np.full(5, 0.2), 1)
+    err = abs(hist.metrics()["pixel_AUPRO"] - exact.metrics()["pixel_AUPRO"])
+    bound = hist.error_bounds()["pixel_AUPRO"]
+    assert err == pytest.approx(1 / 30, abs=1e-12) and err <= bound + 1e-12
+
+
 def test_histogram_adapts_range_and_keeps_memory_bounded():
     """Later batches far outside the first range (one constant, one wide, one shifted):
     counts survive the bin merges, memory stays fixed, tied groups stay exact and the

@@ -285,6 +285,18 @@ def test_missing_files_and_backbone(tmp_path):
         load_release_checkpoint(tmp_path / "ck", tmp_path / "none.safetensors")
 
 
+def test_a_backbone_file_missing_a_tensor_is_refused(tmp_path):
+    # the ImageNet trunk is loaded strictly: a file without one of its tensors is an error
+    # naming it, never a model with that layer left at its random init
+    write_release(tmp_path / "ck")
+    sd = write_backbone(tmp_path / "wrn.safetensors")
+    sd.pop("layer2.0.conv2.weight")
+    save_file(sd, str(tmp_path / "wrn.safetensors"))
+    with pytest.raises(ValueError, match=r"do not fit the WideResNet: missing \(1\): "
+                                         r"\['layer2.0.conv2.weight'\]"):
+        load_release_checkpoint(tmp_path / "ck", tmp_path / "wrn.safetensors")
+
+
 def test_backbone_is_required(tmp_path, monkeypatch):
     monkeypatch.delenv("UNIMMAD_BACKBONE_WEIGHTS", raising=False)
     write_release(tmp_path / "ck")

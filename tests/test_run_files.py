@@ -167,6 +167,15 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     assert "unicode string" not in msg
 
 
+def test_yaml_error_without_a_position_is_its_first_line():
+    # a reader error (a control character) carries no mark and no "problem": the message
+    # is its first line, without PyYAML's "in <unicode string>" second line
+    with pytest.raises(ValueError) as e:
+        parse_yaml("a: \x01\n", "f.yaml")
+    assert str(e.value) == ("f.yaml: invalid YAML: unacceptable character #x0001: special "
+                            "characters are not allowed")
+
+
 def test_yaml_duplicate_key_and_numbers(tmp_path):
     with pytest.raises(ValueError, match=r"^f.yaml: invalid YAML at line 2, column 1: found "
                                          r"the key 'epochs' twice"):
