@@ -54,6 +54,23 @@ BY_NAME = {
     # fast-path promises (every unit reads one sample / one weight set) are never assumed:
     # the caller states them
     "same_samples": False, "same_weights": False,
+    # README "memory policies": the folded-kernel policy "none" is the default everywhere
+    "cache": "none",
+    # README data section: unreadable files raise unless skip_broken=True; index paths stay
+    # inside the dataset root unless allow_outside_root; readers with ground-truth masks
+    # require them; the layout is detected; the training split unless told
+    "skip_broken": False, "allow_outside_root": False, "require_masks": True,
+    "layout": "auto", "split": "train",
+    # data loading in the calling process (no workers) unless asked, as TrainConfig/EvalConfig
+    "num_workers": 0,
+    # README training and evaluation: the fused kernels by default (train.accelerate);
+    # README export: --routing *adds* the routing outputs (off unless asked)
+    "accelerate": True, "routing": False,
+    # single process unless the launcher says otherwise
+    "rank": 0, "world_size": 1,
+    # SPEC §1 encoder: the WideResNet trunk is headless; conv-BN blocks are stride 1 with
+    # ReLU unless a layer says so
+    "include_top": False, "stride": 1, "relu": True,
 }
 #: parameters of these names mean something else in these callables (checked below)
 OTHER_MEANING = {
