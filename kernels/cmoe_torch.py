@@ -49,7 +49,8 @@ def to_bank(w: torch.Tensor) -> torch.Tensor:
     return w.flatten(-3)
 
 
-#: Units per chunk of :func:`mix` are chosen so one chunk's gathered kernels stay below this.
+#: Units per chunk of :func:`mix` are chosen so one chunk's gathered kernels stay within
+#: this (8 MiB; at least one unit per chunk).
 MIX_CHUNK_BYTES = 8 * 2 ** 20
 
 
@@ -84,7 +85,7 @@ def mix(g0: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor,
     g0 ``[Co, R]``, bank ``[L, Co, R]``, idx/scores ``[U, K]`` → ``[U, Co, R]`` (bank's dtype),
     accumulated in fp32 or better: on the CPU (fp32 / float64 banks) by adding the chosen
     rows in place, elsewhere in chunks of units (gathered kernels of one chunk at most
-    :data:`MIX_CHUNK_BYTES`) without reading the routing on the host.
+    :data:`MIX_CHUNK_BYTES`, 8 MiB) without reading the routing on the host.
     """
     U, K = idx.shape
     acc = torch.promote_types(bank.dtype, torch.float32)

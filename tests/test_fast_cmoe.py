@@ -60,6 +60,33 @@ def test_torch_backend_routing_edge_cases(K, route):
         assert all(bool((i == torch.tensor(route)).all()) for i in aux.indices)
 
 
+def test_torch_mix_gathers_at_most_8_mib_of_kernels_per_chunk(monkeypatch):
+    """Off the CPU's in-place path (here: a bf16 bank) mix gathers the chosen kernels in
+    chunks of units, each chunk's gathered kernels within 8 MiB: 1 MiB kernels go 8 units
+    at a time, one gather per top-k slot, and the result is the float64 sum."""
+    from kernels import cmoe_torch
+    Co, R, L, U, K = 512, 1024, 3, 17, 2                # bf16 [512, 1024]: 1 MiB per kernel
+    g = torch.Generator().manual_seed(0)
+    g0 = torch.randn(Co, R, generator=g).bfloat16()
+    bank = torch.randn(L, Co, R, generator=g).bfloat16()
+    idx = torch.randint(0, L, (U, K), generator=g)
+    sc = torch.rand(U, K, generator=g)
+    rows, real = [], torch.Tensor.index_select
+
+    def spy(self, dim, index):
+        if self is bank:
+            rows.append(index.numel())
+        return real(self, dim, index)
+    monkeypatch.setattr(torch.Tensor, "index_select", spy)
+    out = cmoe_torch.mix(g0, bank, idx, sc)
+    monkeypatch.undo()
+    assert rows == [8, 8, 8, 8, 1, 1]                   # chunks of 8, 8 and 1 units
+    ref = g0.double() + sum(sc[:, j, None, None].double() * bank.double()[idx[:, j]]
+                            for j in range(K))
+    assert out.dtype == torch.bfloat16
+    assert_rel(out, ref, TOL["bf16"], "chunked mix")
+
+
 def test_reference_backend_is_the_reference():
     ref = make_cmoe().eval()
     fast = FastCMoE.from_reference(ref, backend="reference")

@@ -108,20 +108,19 @@ def _yaml_loader():
         re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
         list("-+0123456789."))
 
-    def mapping(loader, node, deep=False):
+    def mapping(loader, node):
         loader.flatten_mapping(node)
         seen = {}
         for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
+            key = loader.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark,
                     f"found the key {key!r} twice", key_node.start_mark)
             seen[key] = True
-        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=True)
 
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                           lambda loader, node: mapping(loader, node, deep=True))
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return Loader
 
 
