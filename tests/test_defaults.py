@@ -313,3 +313,25 @@ def test_demo_defaults_are_its_docstrings_and_the_clis():
         ("unimmad_demo", 24, 8, None)
     args = build_parser().parse_args(["demo"])
     assert (args.out, args.epochs, args.seed) == (r["out_dir"], r["epochs"], r["seed"])
+
+
+def test_command_line_defaults_are_the_librarys():
+    from unimmad import export
+    from unimmad.cli import build_parser
+    from unimmad.engine.predict import predict_files
+    from unimmad.engine.trainer import TrainConfig
+    p = build_parser()
+    pred = p.parse_args(["predict", "x.png", "--checkpoint", "w"])
+    f = _d(predict_files)
+    assert (pred.batch_size, pred.no_overlays, pred.no_accelerate) == \
+        (f["batch_size"], not f["overlays"], False)
+    assert pred.device == "auto" and pred.out == "predictions"
+    ex = p.parse_args(["export", "--modalities", "2"])
+    e = _d(export.export_onnx)
+    assert (ex.format, ex.batch_size, ex.routing, ex.seed, ex.no_check) == \
+        ("onnx", e["batch_size"], e["routing"], _d(export.verify_export)["seed"], False)
+    assert p.parse_args(["eval", "--checkpoint", "w"]).device == "auto"
+    # README quickstart: `unimmad bench` writes ./bench_out; memory policy "none" by default
+    b = p.parse_args(["bench"])
+    assert (b.out, b.cache, b.seed) == ("bench_out", ["none"], TrainConfig().seed)
+    assert (b.no_isolate, b.quiet, b.flops) == (False, False, True)
