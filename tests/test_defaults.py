@@ -335,3 +335,8 @@ def test_command_line_defaults_are_the_librarys():
     b = p.parse_args(["bench"])
     assert (b.out, b.cache, b.seed) == ("bench_out", ["none"], TrainConfig().seed)
     assert (b.no_isolate, b.quiet, b.flops) == (False, False, True)
+    # what has no default: predict needs a checkpoint, export the modality count
+    for argv in (["predict", "x.png"], ["export"]):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(argv)
+        assert e.value.code == 2, argv
