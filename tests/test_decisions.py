@@ -329,6 +329,45 @@ def test_expand_items_errors_name_the_input(tmp_path):
         expand_items([f"{tmp_path}/a/1.png,{tmp_path}/b"])
 
 
+def test_expand_items_folders_globs_and_files(tmp_path):
+    for rel in ("a/10.png", "a/2.png", "a/notes.txt", "b/2.tiff", "b/10.tiff", "n/x/3.png",
+                "n/1.png", "n/d.png/keep.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    t = str(tmp_path)
+    # a folder: one item per image file, in natural order
+    assert expand_items([f"{t}/a"]) == [[f"{t}/a/2.png"], [f"{t}/a/10.png"]]
+    # two folders: paired by name without extension, in the first folder's order
+    assert expand_items([f"{t}/a,{t}/b"]) == [[f"{t}/a/2.png", f"{t}/b/2.tiff"],
+                                              [f"{t}/a/10.png", f"{t}/b/10.tiff"]]
+    # a glob: sorted files only (the folder named d.png is not one); ** recurses
+    assert expand_items([f"{t}/n/*.png"]) == [[f"{t}/n/1.png"]]
+    assert expand_items([f"{t}/n/**/*.png"]) == [[f"{t}/n/1.png"], [f"{t}/n/x/3.png"]]
+    # files: one item, empty parts ignored; several specs keep their order
+    assert expand_items([f"{t}/a/2.png,,{t}/b/2.tiff,", f"{t}/a/10.png"]) == [
+        [f"{t}/a/2.png", f"{t}/b/2.tiff"], [f"{t}/a/10.png"]]
+    with pytest.raises(ValueError, match="empty item ','"):
+        expand_items([","])
+    with pytest.raises(FileNotFoundError, match="no image file .* in the folder"):
+        expand_items([f"{t}/n/d.png"])
+    (tmp_path / "a" / "2.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"holds two files named '2' \("):
+        expand_items([f"{t}/a,{t}/b"])
+
+
+def test_unpaired_names_are_listed_five_at_most(tmp_path):
+    for i in range(7):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\(unpaired: 1, 2, 3, 4, 5, \.\.\.\)"):
+        expand_items([f"{tmp_path}/a,{tmp_path}/b"])
+    (tmp_path / "a" / "6.png").unlink()
+    with pytest.raises(ValueError, match=r"\(unpaired: 1, 2, 3, 4, 5\)"):
+        expand_items([f"{tmp_path}/a,{tmp_path}/b"])
+
+
 def test_predict_without_thresholds_says_so_and_writes_no_labels(small, tmp_path):
     img = os.path.join(small["paths"]["scan"], "test", "good", "img", "000.png")
     with pytest.warns(UserWarning, match="no thresholds stored"):
