@@ -513,7 +513,7 @@ def cosine_cases():
                          "other batch": u0[:1], "int": u0.long(), "bool": u0 > 0,
                          "complex": u0.to(torch.complex64), "meta": u0.to("meta")}.items():
             bad(entry, "tensor", f"{arg}={label}", lambda v=v, arg=arg: call(**{arg: v}), arg)
-    scalar_cases(entry, "eps", call, True, extra=(("negative", -1e-8),),
+    scalar_cases(entry, "eps", call, True, extra=(("negative", -1e-8), ("zero", 0.0)),
                  valid=(("numpy", np.float64(1e-8), 1e-8),))
     good(entry, "layout", "expanded p (valid)", lambda: fn(u0, p0[:1].expand_as(p0)),
          close(lambda: fn(u0, p0[:1].repeat(2, 1, 1, 1))))
