@@ -340,3 +340,14 @@ def test_command_line_defaults_are_the_librarys():
         with pytest.raises(SystemExit) as e:
             p.parse_args(argv)
         assert e.value.code == 2, argv
+
+
+def test_bounded_cache_budget_is_the_readmes():
+    # README "memory policies": "bounded" (cache_mb=256 by default)
+    from kernels import cmoe_cache
+    assert cmoe_cache.DEFAULT_BUDGET_MB == 256.0
+    assert cmoe_cache.DEFAULT_POLICY == "none" and cmoe_cache.POLICIES == ("none", "bounded", "all")
+    # what check_policy hands the cache: the budget only for "bounded", its default there
+    assert cmoe_cache.check_policy("bounded") == ("bounded", 256.0)
+    assert cmoe_cache.check_policy("bounded", 3) == ("bounded", 3.0)
+    assert cmoe_cache.check_policy("all") == ("all", None)
