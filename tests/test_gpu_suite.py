@@ -107,6 +107,41 @@ def test_overrunning_stage_is_interrupted_and_keeps_its_partial_json(tmp_path, m
     assert sorted(os.listdir(out)) == ["slow.json", "suite.json", "suite.log"]
 
 
+def test_a_process_that_escapes_the_stage_cannot_hang_the_suite(tmp_path):
+    """A stage whose child left its process group (setsid) and still holds the output pipe:
+    the suite stops waiting for that output after a few seconds and the suite's own process
+    exits, instead of waiting for the escaped child (here 120 s)."""
+    pid_file = tmp_path / "escaped.pid"
+    script = textwrap.dedent(f"""
+        import subprocess, sys
+        from unimmad.bench.suite import Stage, run_suite
+        child = ("import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                 "time.sleep(120)")
+
+        def command(ctx):
+            return [sys.executable, "-c",
+                    "import subprocess, sys; subprocess.Popen([sys.executable, '-c', %r], "
+                    "start_new_session=True); print('started', flush=True)" % child]
+        rc = run_suite({str(tmp_path / "out")!r}, [Stage("escape", 60, command)], None,
+                       total_budget_s=90, grace_s=2.0, head={{"commit": "x"}}, root={ROOT!r})
+        print("suite returned", rc, flush=True)
+        """)
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=_env(), timeout=100)
+        took = time.monotonic() - t0
+    finally:
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    assert out.returncode == 0 and "suite returned 0" in out.stdout, out.stderr[-2000:]
+    assert took < 90, took                 # not the escaped child's 120 s
+    assert _summary(str(tmp_path / "out"))["stages"][0]["status"] == "ok"
+
+
 def test_interrupted_pytest_stage_still_writes_its_junit_xml(tmp_path):
     tests = tmp_path / "t"
     tests.mkdir()
