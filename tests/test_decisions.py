@@ -368,6 +368,57 @@ def test_unpaired_names_are_listed_five_at_most(tmp_path):
         expand_items([f"{tmp_path}/a,{tmp_path}/b"])
 
 
+def _overlay_item(path, label, defect=False):
+    mask = np.zeros((4, 4))
+    if defect:
+        mask[1:3, 1:3] = 1.0
+    return {"modalities": [], "map": np.linspace(0, 1, 16).reshape(4, 4), "mask": mask,
+            "label": label, "path": path}
+
+
+def test_overlay_files_are_named_by_rank_verdict_score_and_path(tmp_path, monkeypatch):
+    """Per class, the kept highest- and lowest-scored items become
+    ``overlays/<class>/{highest|lowest}<rank>_<verdict>_<normalised score>_<last 3 path
+    parts>.png``, titled with the class, the short path and the rank; without thresholds
+    the verdict is "unscored" and the score raw, on the fixed raw colour scale."""
+    import importlib
+
+    from unimmad.data.io import safe_component
+    from unimmad.engine.visualize import RAW_SCALE
+    E = importlib.import_module("unimmad.engine.evaluate")     # the module, not the function
+    calls = []
+    monkeypatch.setattr(E, "save_overlay", lambda path, *a, **k: calls.append((path, a, k)))
+    keep = {"cls/x": {"high": [(0.25, 1, _overlay_item("/d/bagel/test/crack/000.png", 1, True)),
+                               (0.75, 2, _overlay_item("/d/bagel/test/hole/001.png", 1))],
+                      "low": [(-0.5, 3, _overlay_item("/d/bagel/test/good/002.png", 0))]}}
+    assert E._write_overlays(str(tmp_path), keep, None) == 3
+    folder = os.path.join(str(tmp_path), "overlays", safe_component("cls/x"))
+    assert [c[0] for c in calls] == [
+        os.path.join(folder, "highest1_unscored_0.75_test_hole_001.png"),
+        os.path.join(folder, "highest2_unscored_0.25_test_crack_000.png"),
+        os.path.join(folder, "lowest1_unscored_0.50_test_good_002.png")]
+    first = calls[0][2]
+    assert first["title"] == "cls/x · test/hole/001.png · highest-scored #1 of the class"
+    assert first["prediction"] == "score 0.7500 (raw; no threshold stored) · ground truth defect"
+    assert (first["scale"], first["pixel_record"], first["pred_mask"], first["gt_mask"],
+            first["gt_label"]) == (RAW_SCALE, None, None, None, 1)
+    assert calls[1][2]["gt_mask"].sum() == 4                   # the defect's own mask
+    assert calls[2][2]["title"].endswith("lowest-scored #1 of the class")
+    # with the class's thresholds: the verdict, the normalised score, the predicted mask
+    rec = {"threshold": 0.5, "low": 0.0, "high": 1.0, "rule": "f1_optimal"}
+    calls.clear()
+    E._write_overlays(str(tmp_path), keep, {"classes": {"cls/x": {"image": rec, "pixel": rec}}})
+    names = [os.path.basename(c[0]) for c in calls]
+    assert names == ["highest1_anomalous_0.75_test_hole_001.png",
+                     "highest2_normal_0.25_test_crack_000.png",
+                     "lowest1_anomalous_0.50_test_good_002.png"]
+    assert calls[1][2]["prediction"].endswith(" · ground truth defect: missed")
+    assert calls[2][2]["prediction"].endswith(" · ground truth good: false alarm")
+    assert calls[0][2]["prediction"].endswith(" · ground truth defect: correct")
+    assert calls[0][2]["scale"] is None and calls[0][2]["pixel_record"] is rec
+    assert calls[0][2]["pred_mask"].sum() == 8                 # map values >= 0.5
+
+
 def test_predict_without_thresholds_says_so_and_writes_no_labels(small, tmp_path):
     img = os.path.join(small["paths"]["scan"], "test", "good", "img", "000.png")
     with pytest.warns(UserWarning, match="no thresholds stored"):
