@@ -87,6 +87,32 @@ def test_torch_mix_gathers_at_most_8_mib_of_kernels_per_chunk(monkeypatch):
     assert_rel(out, ref, TOL["bf16"], "chunked mix")
 
 
+def test_condition_runs_the_key_half_once_per_sample(monkeypatch):
+    """With several units per sample the 3 × 3 condition conv is split: its key half runs
+    on the B sample keys, its query half on the U units (same result as the reference's
+    conv of the concatenation); with one unit per sample it is the reference's one conv."""
+    import kernels.cmoe as KC
+    ref = make_cmoe(seed=0).double().eval()
+    fast = FastCMoE.from_reference(ref, backend="torch").eval()
+    E = ref.embed_dim
+    seen = []
+    real = torch.nn.functional.conv2d
+
+    def conv2d(x, w, *a, **k):
+        seen.append((x.shape[0], w.shape[1]))
+        return real(x, w, *a, **k)
+    monkeypatch.setattr(KC, "F", type("F", (), {"conv2d": staticmethod(conv2d)}))
+    for units, want in (([2, 3], [(2, E), (5, E)]), ([1, 1, 1], [])):
+        general, prior, uts = make_inputs(units, C=20, dtype=torch.float64)
+        key = ref.key(general)
+        seen.clear()
+        with torch.no_grad():
+            got = fast.condition(key, prior, uts)
+            assert seen == want
+            expected = ref.condition(key, prior, uts)
+        assert_rel(got, expected, 1e-12, f"condition {units}")
+
+
 def test_reference_backend_is_the_reference():
     ref = make_cmoe().eval()
     fast = FastCMoE.from_reference(ref, backend="reference")
