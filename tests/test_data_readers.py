@@ -404,6 +404,11 @@ def test_hyperkvasir_as_published(roots):
         check_sample(te[i], 1, "hyperkvasir", 1.0)
     with pytest.raises(ValueError, match="no validation split"):
         D.HyperKvasir(root, "valid")
+    # its one class may be named, nothing else
+    assert D.HyperKvasir(root, "train", classes=["colon"], preprocess=PRE).classes == \
+        ["colon_hyperkvasir"]
+    with pytest.raises(D.DataLayoutError, match="single class 'colon', got \\['polyps'\\]"):
+        D.HyperKvasir(root, "train", classes=["polyps"], preprocess=PRE)
 
 
 def test_hyperkvasir_options_and_archives(tmp_path):

@@ -273,6 +273,16 @@ def test_v11_stem_is_refused_naming_its_tensors(tmp_path):
     assert "model_1.safetensors: stem.weight" in e.value.unexpected
 
 
+def test_v11_embedding_is_recognised_by_its_missing_shortcut():
+    # the V1.1 stem without its stem conv in the file: a 6-channel embedding and no
+    # 2026.5 shortcut is still V1.1; with the shortcut it is the release's own layout
+    from unimmad.release import _v11_problems
+    e6 = torch.randn(6, 64, 64)
+    assert _v11_problems({"input_embedding": e6}) == ["input_embedding [6, 64, 64]"]
+    assert _v11_problems({"input_embedding": e6, "shortcut.weight": torch.randn(3, 6, 1, 1)}) == []
+    assert _v11_problems({"input_embedding": torch.randn(3, 64, 64)}) == []
+
+
 def test_missing_files_and_backbone(tmp_path):
     write_release(tmp_path / "ck")
     os.remove(tmp_path / "ck" / "model_2.safetensors")
