@@ -191,6 +191,11 @@ def test_image_size_edges():
     assert check_image_size((3, 1)) == (3, 1) and check_image_size([1, 4]) == (1, 4)
     assert check_image_size(torch.Size([2, 5])) == (2, 5)
     assert check_image_size(np.array([7, 1])) == (7, 1)
+    # check_int takes 0-d integer tensors (shapes under tracing), not 1-element ones
+    from unimmad.checks import check_int
+    assert check_int("n", torch.tensor(5)) == 5 and check_int("n", torch.tensor(3, dtype=torch.uint8)) == 3
+    with pytest.raises(TypeError, match="n must be an int, got Tensor"):
+        check_int("n", torch.tensor([5]))
     # a pair of 0-d numpy arrays: their elements count as the ints they hold
     assert check_image_size((np.array(6), np.array(2, np.int16))) == (6, 2)
     for bad in (0, (0, 3), (3, 0), (-1, 2)):

@@ -115,6 +115,20 @@ def test_odd_defect_counts_give_the_extra_one_to_colour(tmp_path):
     assert _count(os.path.join(t, "good", "rgb")) == 1
 
 
+def test_3d_defects_are_ellipses_of_radii_12_to_22_percent_at_most(demo):
+    # the objects' defects: ellipses of radii ry, rx in [0.12, 0.22] of the side, cut to
+    # the object's valid points (so only the upper bounds hold for every mask)
+    for cls in ("plate", "tile"):
+        for kind in ("color", "dent"):
+            gt = os.path.join(demo["mvtec3d"], cls, "test", kind, "gt")
+            for n in sorted(os.listdir(gt)):
+                mask = _png(os.path.join(gt, n)) > 127
+                assert 0 < mask.mean() <= math.pi * 0.22 ** 2 * 1.1, (cls, kind, n)
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                side = 2 * 0.22 * 64 + 1
+                assert rows[-1] - rows[0] + 1 <= side and cols[-1] - cols[0] + 1 <= side
+
+
 def test_3d_defects_paint_what_their_masks_say(demo):
     """Colour blobs: inside the mask the colour is u·(1, 0.2, 0.2) + (0, 0.6, 0) for one
     random u ∈ [0, 1]³ (greenish, one colour per blob); outside, the normal object.  Dents
