@@ -170,6 +170,17 @@ def test_epoch_record_is_the_mean_of_its_steps(tmp_path):
     assert [r for r in log if r["type"] == "epoch"][0]["loss"] == summary["loss"]
 
 
+def test_schedule_description_names_the_last_step_and_its_epoch():
+    from unimmad.engine.trainer import CosineSchedule
+    s = CosineSchedule(10, 5)
+    assert s.describe(4) == "cosine to 0 at step 10 (epoch 2.5); L_MoE annealed over 5 epochs"
+    assert s.describe(1).startswith("cosine to 0 at step 10 (epoch 10);")
+    assert s.describe(0).startswith("cosine to 0 at step 10 (epoch 10);")     # no division by 0
+    stretched = CosineSchedule(12, 5, start_step=4, start_factor=0.25).describe(4)
+    assert stretched == ("cosine to 0 at step 12 (epoch 3), stretched at step 4 from factor "
+                         "0.25; L_MoE annealed over 5 epochs")
+
+
 def test_a_parameter_without_gradient_in_a_step_is_left_alone(tmp_path):
     """Gradients are cleared to None before each step, so Adam skips a parameter the step's
     loss does not reach (an expert no unit was routed to) instead of moving it on its

@@ -135,3 +135,23 @@ def test_metric_bars(bars, progress, disable):
     ev.compute(progress=progress)
     kw = _one(bars, "metrics")
     assert (kw["unit"], kw["disable"]) == ("class", disable)
+
+
+@pytest.mark.parametrize("progress, disable", [(True, None), (False, True)])
+def test_prediction_items_bar(bars, progress, disable, tmp_path):
+    from PIL import Image
+
+    from unimmad import UniMMAD, UniMMADConfig
+    from unimmad.engine.predict import predict_files
+    cfg = UniMMADConfig.tiny()
+    torch.manual_seed(0)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(img)
+    with pytest.warns(UserWarning, match="no thresholds stored"):   # an untrained model
+        rows = predict_files(UniMMAD(cfg), [[str(img)], [str(img)]], str(tmp_path / "out"),
+                             progress=progress, overlays=False)
+    assert len(rows) == 2
+    kw = _one(bars, "predict")
+    assert (kw["total"], kw["unit"], kw["disable"], kw["file"]) == (2, "item", disable,
+                                                                    sys.stderr)
+
