@@ -447,8 +447,12 @@ def main(argv=None) -> int:
         if path is None:
             path = os.path.join(tmp, "specs.json")
             env = dict(os.environ, TRITON_INTERPRET="1")
-            subprocess.run([sys.executable, "-m", "kernels.compile_check", "--record", path],
-                           env=env, check=True)
+            rec = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--record",
+                                  path], env=env)
+            if rec.returncode != 0:
+                raise SystemExit(f"recording the launches failed (exit status "
+                                 f"{rec.returncode}; its error is printed above): nothing "
+                                 "compiled")
         with open(path) as f:
             specs = json.load(f)
     record = {"meta": {"python": platform.python_version(), "torch": torch.__version__,

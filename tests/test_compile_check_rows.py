@@ -60,6 +60,22 @@ def test_each_step_refuses_the_wrong_interpreter_setting(monkeypatch, argv, env,
         cc.main(argv)
 
 
+def test_a_failed_recording_stops_with_its_exit_status(monkeypatch):
+    # without --compile the check first records the launches in an interpreter process:
+    # when that process fails, one clear line instead of a traceback about a missing file
+    import subprocess
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    seen = []
+
+    def run(cmd, env=None, **kw):
+        seen.append((cmd[-2:], env.get("TRITON_INTERPRET"), kw.get("check", False)))
+        return subprocess.CompletedProcess(cmd, 3)
+    monkeypatch.setattr(cc.subprocess, "run", run)
+    with pytest.raises(SystemExit, match=r"recording the launches failed \(exit status 3"):
+        cc.main([])
+    assert seen[0][0][0] == "--record" and seen[0][1:] == ("1", False)
+
+
 @pytest.mark.parametrize("rows, status, n_bad", [
     ([_row()], 0, 0),
     ([_row(), _row(ok=False, error="CompilationError: boom")], 1, 1),

@@ -121,6 +121,20 @@ def test_pixel_threshold_exact_and_binned(bins):
     assert not is_anomalous(maps[:3], rec).any()
 
 
+@pytest.mark.parametrize("bins", [None, 64])
+def test_one_defect_pixel_is_enough_for_the_f1_rule(bins):
+    # a single anomalous pixel above every normal one: the F1-optimal threshold flags just
+    # it (F1 = 1), exact or binned
+    from unimmad.metrics.pixel import ExactPixelStore, PixelHistogram
+    from unimmad.metrics.thresholds import threshold_record
+    neg = np.linspace(0.1, 0.5, 50)
+    store = ExactPixelStore() if bins is None else PixelHistogram(bins)
+    store.add(neg, np.array([0.9]), np.ones(1), 1)
+    rec = threshold_record(**store.threshold_stats())
+    assert rec["rule"] == "f1_optimal" and rec["f1"] == 1.0 and rec["num_anomalous"] == 1
+    assert 0.5 < rec["threshold"] <= 0.9
+
+
 @pytest.mark.parametrize("pos_where", ["inside", "below", "above"])
 def test_pixel_threshold_statistics_are_the_scores_own(pos_where):
     # the statistics behind a record, against numpy: normal min / max / std and the range
