@@ -264,3 +264,15 @@ def test_meta_json_structure_errors(meta_root):
         it.pop("anomaly")
     _write(root, m)
     assert D.MetaJsonDataset(root, "train", classes=["bottle_mvtec"], preprocess=PRE).labels == [0, 0]
+
+
+def test_records_are_immutable_and_hashable():
+    import dataclasses
+
+    from unimmad.data.base import Record
+    r = Record((("rgb", "a.png"),), 1, "bagel", mask="m.png")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.label = 0
+    same = Record((("rgb", "a.png"),), 1, "bagel", mask="m.png")
+    assert {r, same} == {r} and hash(r) == hash(same)
+

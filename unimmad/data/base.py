@@ -80,7 +80,10 @@ class Record:
     (defect-free).  mask_modality: index in ``files`` of the image the mask is aligned with
     (its size must match).  cls: raw class name.  defect: defect-type folder ("good" for
     normal ones).  extra: reader-specific data (e.g. a slice index).  dataset: the sample's
-    dataset name when it differs from the reader's (``meta.json`` indexes mix datasets)."""
+    dataset name when it differs from the reader's (``meta.json`` indexes mix datasets).
+
+    Immutable and hashable: a record can be shared between datasets or kept in sets
+    without one holder changing it for another."""
 
     files: Tuple[Tuple[str, str], ...]
     label: int
