@@ -150,3 +150,25 @@ def test_a_prediction_without_title_is_the_title_in_its_colour(tmp_path, saved, 
     (fig,) = saved
     assert fig._suptitle.get_text() == prediction and not _lines(fig)
     assert matplotlib.colors.to_hex(fig._suptitle.get_color()) == matplotlib.colors.to_hex(colour)
+
+
+@pytest.mark.parametrize("lo, hi, stretched", [(-0.04, 0.9, False), (-0.06, 0.9, True),
+                                               (0.1, 1.04, False), (0.1, 1.06, True)])
+def test_display_keeps_photos_and_stretches_what_leaves_the_photo_range(lo, hi, stretched):
+    """A slot is shown as a photo (un-normalised, clamped to [0, 1]) unless its
+    un-normalised values leave [−0.05, 1.05]; then its own range is stretched to [0, 255]."""
+    import torch
+
+    from unimmad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from unimmad.engine.visualize import display_image
+    photo = torch.linspace(lo, hi, 3 * 4 * 5).reshape(3, 4, 5)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    slot = (photo - mean) / std
+    out = display_image(slot)
+    if stretched:
+        assert out.min() == 0 and out.max() == 255
+    else:
+        want = (photo.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
+

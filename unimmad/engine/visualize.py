@@ -34,7 +34,8 @@ RAW_SCALE = (0.0, 1.0)
 def display_image(slot: torch.Tensor) -> np.ndarray:
     """One modality slot ``[3, H, W]`` as the model sees it (ImageNet-normalised photo, or
     a standardised depth / scan) → uint8 ``[H, W, 3]`` for display.  Photos are
-    un-normalised; anything outside the photo range (depth) is stretched to its own range."""
+    un-normalised; anything outside the photo range (depth) — un-normalised values below
+    −0.05 or above 1.05 (rounding allowed) — is stretched to its own range."""
     x = slot.float().cpu()
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
